@@ -1,0 +1,117 @@
+"""``leap-rl``: the one entry point behind the local run, ``ray job submit`` and the image.
+
+Every user error ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import NoReturn, Sequence
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
+    p.add_argument("--preset", default=default_preset,
+                   help="ci | quick | baselines | paper (default: %(default)s)")
+    p.add_argument("--config", type=Path, help="a TOML file applied on top of the preset")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one setting, e.g. --set a2c.lr=1e-4 (repeatable)")
+    p.add_argument("--seed", type=int, help="run seed (same as --set seed=N)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="leap-rl", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    p = sub.add_parser("pool", help="list the installed games and the meta-training pool")
+    p.add_argument("--all", action="store_true", help="also list games outside the pool")
+
+    p = sub.add_parser("task", help="train one A2C agent on one game")
+    _config_args(p, "baselines")
+    p.add_argument("--game", required=True, help="ALE game id, e.g. seaquest or MsPacman")
+    p.add_argument("--env-steps", type=int, required=True)
+    p.add_argument("--init", type=Path, help="encoder init: a run directory or checkpoint.pt")
+    p.add_argument("--run-dir", type=Path, required=True)
+
+    p = sub.add_parser("train", help="meta-train the shared encoder initialization")
+    _config_args(p, "quick")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir")
+    p.add_argument("--runtime", choices=("ray", "sequential"), default="ray",
+                   help="ray (workers in parallel) or sequential (one process)")
+    p.add_argument("--address", help="Ray address to join (e.g. auto); default: start a local Ray")
+    p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (local Ray only)")
+
+    p = sub.add_parser("plot", help="plot a run's learning curves to PNG")
+    p.add_argument("run_dir", type=Path)
+    p.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
+    p.add_argument("--title")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from leap_rl.config import ConfigError
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"leap-rl {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print(f"leap-rl {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load_config(args: argparse.Namespace):
+    from leap_rl.config import load
+    overrides = tuple(args.overrides) + ((f"seed={args.seed}",) if args.seed is not None else ())
+    return load(args.preset, args.config, overrides)
+
+
+def _set_threads(threads: int) -> None:
+    import torch
+    # Oversubscription costs 5-10x on small machines (PLATFORM.md): set it on purpose.
+    torch.set_num_threads(threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "pool":
+        from leap_rl.commands import print_pool
+        return print_pool(show_all=args.all)
+    if args.command == "plot":
+        from leap_rl.plots import plot_run
+        out = plot_run(args.run_dir, args.out, args.title)
+        print(f"wrote {out}")
+        return 0
+    if args.command == "train" and args.resume:
+        from leap_rl.run_dir import RunDir
+        run, cfg = RunDir.open_existing(args.run_dir)
+        if args.overrides or args.config:
+            print("leap-rl train: note: --resume uses the run's saved config.toml; "
+                  "--set/--config are ignored", file=sys.stderr)
+    else:
+        cfg = _load_config(args)
+        run = None
+    _set_threads(cfg.runtime.torch_threads)
+    if args.command == "task":
+        from leap_rl.commands import run_task
+        return run_task(cfg, args.game, args.env_steps, args.init, args.run_dir)
+    if args.runtime == "sequential":
+        from leap_rl.commands import run_train_sequential
+        return run_train_sequential(cfg, args.run_dir, run)
+    from learner.driver import run_train_ray  # the Ray runtime, imported only when used
+    return run_train_ray(cfg, args.run_dir, run, address=args.address, dashboard=args.dashboard)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

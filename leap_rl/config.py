@@ -1,0 +1,365 @@
+"""Typed configuration: one frozen dataclass per concern, presets by name, TOML and overrides.
+
+Everything is validated when it is built; a bad value raises ``ConfigError`` whose message is
+one line naming the field and what is allowed. The command line turns that into exit code 2.
+
+Where a default departs from the paper (LEAP.md §4) or the paper is silent, the field's
+docstring says so.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import typing
+from dataclasses import dataclass, field, fields, is_dataclass, replace
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from leap_rl.leap import LeapConfig
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong. The message is one line meant for the user."""
+
+
+def _require(ok: bool, name: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{name} must be {allowed}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class EnvConfig:
+    """ALE through ale-py's C++ AtariVectorEnv with DeepMind preprocessing (84×84 grey, 4 frames)."""
+
+    num_envs: int = 16
+    frame_skip: int = 4
+    """Not stated in the paper; 4 with max-pooling is the DeepMind convention."""
+    noop_max: int = 30
+    life_loss_terminal: bool = True
+    """Cut bootstrapping at a life loss while the game goes on (baselines' 'episodic life').
+    Episode statistics always report whole games."""
+    repeat_action_probability: float = 0.0
+    full_action_space: bool = False
+    """True: 18-action heads for every game; False: the game's minimal action set."""
+    max_episode_frames: int = 108_000
+    env_threads: int = 1
+    """C++ stepping threads per vector env; keep env + torch threads ≤ the worker's cores."""
+
+    def __post_init__(self) -> None:
+        _require(self.num_envs >= 1, "env.num_envs", "an integer ≥ 1", self.num_envs)
+        _require(self.frame_skip >= 1, "env.frame_skip", "an integer ≥ 1", self.frame_skip)
+        _require(self.noop_max >= 0, "env.noop_max", "an integer ≥ 0", self.noop_max)
+        p = self.repeat_action_probability
+        _require(0.0 <= p <= 1.0, "env.repeat_action_probability", "in [0, 1]", p)
+        _require(self.max_episode_frames >= 1, "env.max_episode_frames", "≥ 1", self.max_episode_frames)
+        _require(self.env_threads >= 1, "env.env_threads", "an integer ≥ 1", self.env_threads)
+
+
+@dataclass(frozen=True)
+class A2CConfig:
+    """Advantage actor-critic. Defaults are OpenAI baselines' (LEAP.md §5)."""
+
+    unroll: int = 5
+    lr: float = 7e-4
+    rms_alpha: float = 0.99
+    rms_eps: float = 1e-5
+    entropy_coef: float = 0.01
+    value_coef: float = 0.5
+    """Not stated in the paper; 0.5 as in baselines."""
+    max_grad_norm: float = 0.5
+    """Gradient-norm clip; 0 disables it. Not stated in the paper; 0.5 as in baselines."""
+    gamma: float = 0.99
+    reward_clip: Literal["sign", "clamp", "none"] = "sign"
+    """'sign' (baselines), 'clamp' to ±reward_clip_bound (the paper: ±5), or 'none'."""
+    reward_clip_bound: float = 5.0
+
+    def __post_init__(self) -> None:
+        _require(self.unroll >= 1, "a2c.unroll", "an integer ≥ 1", self.unroll)
+        _require(self.lr > 0, "a2c.lr", "> 0", self.lr)
+        _require(0 < self.rms_alpha < 1, "a2c.rms_alpha", "in (0, 1)", self.rms_alpha)
+        _require(self.rms_eps > 0, "a2c.rms_eps", "> 0", self.rms_eps)
+        _require(self.entropy_coef >= 0, "a2c.entropy_coef", "≥ 0", self.entropy_coef)
+        _require(self.value_coef >= 0, "a2c.value_coef", "≥ 0", self.value_coef)
+        _require(self.max_grad_norm >= 0, "a2c.max_grad_norm", "≥ 0 (0 = no clipping)", self.max_grad_norm)
+        _require(0 <= self.gamma <= 1, "a2c.gamma", "in [0, 1]", self.gamma)
+        _require(self.reward_clip in ("sign", "clamp", "none"), "a2c.reward_clip",
+                 "one of 'sign', 'clamp', 'none'", self.reward_clip)
+        _require(self.reward_clip_bound > 0, "a2c.reward_clip_bound", "> 0", self.reward_clip_bound)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    network: Literal["mnih2013", "nature"] = "nature"
+    """'mnih2013' (the paper's: 16×8×8/4, 32×4×4/2, FC-256) or 'nature' (Mnih et al. 2015)."""
+    encoder_includes_fc: bool = True
+    """Whether the FC layer is part of the meta-learned encoder (the paper does not say)."""
+
+    def __post_init__(self) -> None:
+        _require(self.network in ("mnih2013", "nature"), "model.network",
+                 "one of 'mnih2013', 'nature'", self.network)
+
+
+@dataclass(frozen=True)
+class MetaConfig:
+    """The outer loop: which games, how many tasks per meta-step, how φ is updated."""
+
+    games: tuple[str, ...] = ()
+    """Meta-training games (ALE ids such as 'seaquest'); empty means the derived pool."""
+    tasks_per_step: int = 2
+    meta_steps: int = 3
+    env_steps_per_task: int = 20_000
+    segment_every: int = 50
+    """A2C updates between two Leap segments sent to the learner."""
+    optimizer: Literal["adam", "sgd"] = "adam"
+    """The paper used SGD (Adam in its multi-dataset experiment); Adam is insensitive to the
+    growth of ‖H‖ with task length (LEAP.md §6)."""
+    lr: float = 1e-4
+    """The paper does not state it for Atari; 1e-3 killed features in a prototype (LEAP.md §7)."""
+    normalize_tasks: bool = False
+    """Scale each task's vector to unit norm before averaging (off: the paper's estimator)."""
+    mode: Literal["sync", "async"] = "sync"
+    max_staleness: int = 1
+    """async only: drop contributions whose init version is more than this many versions old."""
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.games, tuple), "meta.games", "a list of game ids", self.games)
+        _require(self.tasks_per_step >= 1, "meta.tasks_per_step", "an integer ≥ 1", self.tasks_per_step)
+        _require(self.meta_steps >= 1, "meta.meta_steps", "an integer ≥ 1", self.meta_steps)
+        _require(self.env_steps_per_task >= 1, "meta.env_steps_per_task", "an integer ≥ 1",
+                 self.env_steps_per_task)
+        _require(self.segment_every >= 1, "meta.segment_every", "an integer ≥ 1", self.segment_every)
+        _require(self.optimizer in ("adam", "sgd"), "meta.optimizer", "one of 'adam', 'sgd'", self.optimizer)
+        _require(self.lr > 0, "meta.lr", "> 0", self.lr)
+        _require(self.mode in ("sync", "async"), "meta.mode", "one of 'sync', 'async'", self.mode)
+        _require(self.max_staleness >= 0, "meta.max_staleness", "an integer ≥ 0", self.max_staleness)
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    """Where things run (Ray resources) and how chatty they are."""
+
+    workers: int = 2
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    """Fractional values let several workers share one GPU."""
+    learner_cpus: float = 0.0
+    learner_gpus: float = 0.0
+    max_segments_in_flight: int = 2
+    """Segments a worker may have sent without a reply before it waits."""
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
+    torch_threads: int = 1
+    """Per process. 2 processes × 2 threads ran 5–10× slower than 2 × 1 here (PLATFORM.md)."""
+    log_every: int = 100
+    """A2C updates between two progress rows of a task."""
+    dead_unit_probe: int = 64
+    """Frames in the fixed probe batch for the encoder's dead-unit fraction."""
+
+    def __post_init__(self) -> None:
+        _require(self.workers >= 1, "runtime.workers", "an integer ≥ 1", self.workers)
+        _require(self.cpus_per_worker >= 0, "runtime.cpus_per_worker", "≥ 0", self.cpus_per_worker)
+        _require(self.gpus_per_worker >= 0, "runtime.gpus_per_worker", "≥ 0", self.gpus_per_worker)
+        _require(self.learner_cpus >= 0, "runtime.learner_cpus", "≥ 0", self.learner_cpus)
+        _require(self.learner_gpus >= 0, "runtime.learner_gpus", "≥ 0", self.learner_gpus)
+        _require(self.max_segments_in_flight >= 1, "runtime.max_segments_in_flight", "an integer ≥ 1",
+                 self.max_segments_in_flight)
+        _require(self.device in ("cpu", "cuda", "auto"), "runtime.device", "one of 'cpu', 'cuda', 'auto'",
+                 self.device)
+        _require(self.torch_threads >= 1, "runtime.torch_threads", "an integer ≥ 1", self.torch_threads)
+        _require(self.log_every >= 1, "runtime.log_every", "an integer ≥ 1", self.log_every)
+        _require(self.dead_unit_probe >= 1, "runtime.dead_unit_probe", "an integer ≥ 1", self.dead_unit_probe)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    seed: int = 0
+    env: EnvConfig = field(default_factory=EnvConfig)
+    a2c: A2CConfig = field(default_factory=A2CConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    leap: LeapConfig = field(default_factory=LeapConfig)
+    meta: MetaConfig = field(default_factory=MetaConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+
+    def __post_init__(self) -> None:
+        _require(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer ≥ 0", self.seed)
+
+    @property
+    def env_steps_per_update(self) -> int:
+        return self.env.num_envs * self.a2c.unroll
+
+
+# --------------------------------------------------------------------------------- presets
+
+def _baselines() -> RunConfig:
+    return RunConfig()
+
+
+def _paper() -> RunConfig:
+    """LEAP.md §4. Unstated by the paper and chosen here: value_coef 0.5, grad clip 0.5,
+    frame skip 4, grey 4-frame stacks (the paper fed RGB), meta-optimizer Adam lr 1e-4."""
+    return RunConfig(
+        env=EnvConfig(num_envs=32),
+        a2c=A2CConfig(lr=1e-4, rms_eps=1e-4, rms_alpha=0.99, entropy_coef=0.01,
+                      reward_clip="clamp", reward_clip_bound=5.0, gamma=0.99),
+        model=ModelConfig(network="mnih2013"),
+        leap=LeapConfig(metric="energy"),
+        meta=MetaConfig(tasks_per_step=16, meta_steps=100, env_steps_per_task=5_000_000,
+                        segment_every=500),
+        runtime=RuntimeConfig(workers=16),
+    )
+
+
+def _quick() -> RunConfig:
+    """Minutes on a 2-core machine: the paper's network and metric, baselines' A2C settings."""
+    return RunConfig(
+        env=EnvConfig(num_envs=8),
+        model=ModelConfig(network="mnih2013"),
+        leap=LeapConfig(metric="energy"),
+        meta=MetaConfig(games=("seaquest", "ms_pacman", "qbert"), tasks_per_step=2, meta_steps=3,
+                        env_steps_per_task=20_000, segment_every=50),
+        runtime=RuntimeConfig(workers=2, log_every=50),
+    )
+
+
+def _ci() -> RunConfig:
+    """Seconds: every moving part once, nothing learned."""
+    return RunConfig(
+        env=EnvConfig(num_envs=4),
+        model=ModelConfig(network="mnih2013"),
+        leap=LeapConfig(metric="energy"),
+        meta=MetaConfig(games=("pong", "qbert"), tasks_per_step=2, meta_steps=2,
+                        env_steps_per_task=400, segment_every=5),
+        runtime=RuntimeConfig(workers=2, log_every=10, dead_unit_probe=16),
+    )
+
+
+PRESETS = {"ci": _ci, "quick": _quick, "baselines": _baselines, "paper": _paper}
+
+
+def preset(name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"--preset must be one of {', '.join(PRESETS)}, got {name!r}")
+    return PRESETS[name]()
+
+
+# ------------------------------------------------------------------ dicts, TOML, overrides
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def _coerce(value: Any, annotation: Any, name: str) -> Any:
+    """Check a TOML value against a field's annotation; ints are accepted for floats."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        allowed = typing.get_args(annotation)
+        _require(value in allowed, name, "one of " + ", ".join(repr(a) for a in allowed), value)
+        return value
+    if origin is tuple:
+        _require(isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value),
+                 name, "a list of strings", value)
+        return tuple(value)
+    if annotation is bool:
+        _require(isinstance(value, bool), name, "true or false", value)
+        return value
+    if annotation is int:
+        _require(isinstance(value, int) and not isinstance(value, bool), name, "an integer", value)
+        return value
+    if annotation is float:
+        _require(isinstance(value, (int, float)) and not isinstance(value, bool), name, "a number", value)
+        return float(value)
+    if annotation is str:
+        _require(isinstance(value, str), name, "a string", value)
+        return value
+    raise ConfigError(f"{name} has an unsupported type {annotation!r}")  # a bug, not user input
+
+
+def merge(base: Any, data: Mapping[str, Any], prefix: str = "") -> Any:
+    """Return ``base`` with the values of ``data`` (nested dicts) applied and validated."""
+    hints = typing.get_type_hints(type(base))
+    known = {f.name for f in fields(base)}
+    changes: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in known:
+            raise ConfigError(f"unknown setting {name!r}; allowed here: {', '.join(sorted(known))}")
+        current = getattr(base, key)
+        if is_dataclass(current):
+            _require(isinstance(value, Mapping), name, "a table of settings", value)
+            changes[key] = merge(current, value, prefix=f"{name}.")
+        else:
+            changes[key] = _coerce(value, hints[key], name)
+    try:
+        return replace(base, **changes)
+    except ConfigError:
+        raise
+    except ValueError as exc:  # LeapConfig (core, config-agnostic) raises plain ValueError
+        raise ConfigError(str(exc).splitlines()[0]) from None
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """'a2c.lr=1e-4' → {'a2c': {'lr': 1e-4}}. The value is read as TOML, else as a string."""
+    if "=" not in text:
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. a2c.lr=1e-4), got {text!r}")
+    key, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    nested: dict[str, Any] = {}
+    node = nested
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return nested
+
+
+def load(preset_name: str = "baselines", toml_file: Path | None = None,
+         overrides: tuple[str, ...] = ()) -> RunConfig:
+    """Preset, then a TOML file, then KEY=VALUE overrides, each validated."""
+    cfg = preset(preset_name)
+    if toml_file is not None:
+        try:
+            data = tomllib.loads(Path(toml_file).read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"--config file {str(toml_file)!r} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"--config file {str(toml_file)!r} is not valid TOML: {exc}") from None
+        cfg = merge(cfg, data)
+    for text in overrides:
+        cfg = merge(cfg, parse_override(text))
+    return cfg
+
+
+def dumps_toml(cfg: RunConfig) -> str:
+    """The resolved configuration as TOML (written into every run directory)."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+    data = to_dict(cfg)
+    lines = [f"{k} = {value(v)}" for k, v in data.items() if not isinstance(v, dict)]
+    for section, table in data.items():
+        if isinstance(table, dict):
+            lines.append(f"\n[{section}]")
+            lines.extend(f"{k} = {value(v)}" for k, v in table.items())
+    return "\n".join(lines) + "\n"
+
+
+def from_dict(data: Mapping[str, Any]) -> RunConfig:
+    return merge(RunConfig(), data)
+

@@ -1,0 +1,214 @@
+"""The Leap meta-gradient (Flennerhag et al., ICLR 2019), streamed one step at a time.
+
+Symbols, as in the project's LEAP.md (sections 2 and 3):
+
+    params        θ_i        meta-learned parameters after step i (1-D, one flat vector)
+    grad          g_i        RAW gradient of the loss at θ_i (before clipping and the step)
+    loss          f_i        the mini-batch loss at θ_i, a detached float
+    delta_theta   Δθ_i       θ_i − θ_{i−1}
+    delta_loss    Δf_i       f_i − f_{i−1}
+    loss_term     Δf̃_i       −|Δf_i| with the stabilizer, Δf_i without it, 0 with loss=False
+    weight        w_i        sqrt(Δf̃_i² + ‖Δθ_i‖²) for the length metric, 1 for energy
+
+Each consecutive pair (i−1, i) adds (Δθ_i + Δf̃_i · g_{i−1}) / w_i to an accumulator M.
+The task's Leap increment is h = −M, and the meta-gradient of a meta-batch of tasks that
+started from the same initialization φ is G = −(1/|B|) Σ_τ M_τ.
+
+K observed points give K−1 increments, as in the reference code (the last point is never the
+earlier half of a pair). Flushing hands M over and zeroes it but keeps the previous point, so
+the pair straddling a segment boundary is counted exactly once and the sum of all segments of
+a task equals the unsegmented result.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Iterable, Literal, Sequence
+
+import torch
+
+Metric = Literal["length", "energy"]
+METRICS: tuple[str, ...] = ("length", "energy")
+
+
+@dataclass(frozen=True)
+class LeapConfig:
+    """How the path is measured. Defaults are the reference code's (length, loss, stabilizer)."""
+
+    metric: Metric = "length"
+    """'length' (d1: each step weighted by 1/w_i) or 'energy' (d2: w_i = 1, used on Atari)."""
+    loss: bool = True
+    """Include the loss as a coordinate of the task manifold (Δf̃ term)."""
+    stabilizer: bool = True
+    """Use Δf̃ = −|Δf| so the loss term never points uphill."""
+    eps: float = 1e-12
+    """Floor on w_i: a step that changes nothing must not divide by zero."""
+
+    def __post_init__(self) -> None:
+        if self.metric not in METRICS:
+            raise ValueError(f"leap.metric must be one of {METRICS}, got {self.metric!r}")
+        if not self.eps > 0:
+            raise ValueError(f"leap.eps must be > 0, got {self.eps!r}")
+
+    @property
+    def is_reptile(self) -> bool:
+        """Energy without the loss term telescopes to θ_0 − θ_K: Reptile."""
+        return self.metric == "energy" and not self.loss
+
+
+@dataclass(frozen=True)
+class PathStats:
+    """Free statistics of the path since the last flush (LEAP.md §3)."""
+
+    increments: int
+    path_length: float
+    """Σ w_i: the quantity Leap lowers (for energy, Σ sqrt(Δf̃² + ‖Δθ‖²) is still reported)."""
+    step_norm_sum: float
+    """Σ ‖Δθ_i‖."""
+    abs_loss_change_sum: float
+    """Σ |Δf_i|."""
+    param_part_norm: float
+    """‖Σ Δθ_i / w_i‖: the parameter-displacement part of the vector."""
+    loss_part_norm: float
+    """‖Σ Δf̃_i · g_{i−1} / w_i‖: the loss-gradient part of the vector."""
+
+
+class PathAccumulator:
+    """Reduces one task's gradient path into a single vector, one step at a time.
+
+    Usage (the order inside a training step matters, see LEAP.md §6)::
+
+        acc = PathAccumulator(num_params=n, config=LeapConfig(metric="energy"))
+        for batch in task:
+            loss.backward()
+            acc.observe(loss.item(), flat_params, flat_raw_grads)   # before clip and step
+            clip_grad_norm_(...); optimizer.step()
+            if time_to_send:
+                stats = acc.stats()
+                send(acc.flush(), stats)
+        acc.reset()   # next task
+
+    All vectors are preallocated on ``device``; ``observe`` only does in-place vector ops.
+    """
+
+    def __init__(
+        self,
+        num_params: int,
+        config: LeapConfig = LeapConfig(),
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if num_params <= 0:
+            raise ValueError(f"num_params must be positive, got {num_params}")
+        self.config = config
+        self.num_params = num_params
+        make = lambda: torch.zeros(num_params, device=device, dtype=dtype)  # noqa: E731
+        self._prev_params = make()
+        self._prev_grad = make()
+        self._delta_theta = make()
+        self._param_part = make()  # Σ Δθ_i / w_i
+        self._loss_part = make()  # Σ Δf̃_i · g_{i−1} / w_i
+        self._prev_loss = 0.0
+        self._has_prev = False
+        self._zero_stats()
+
+    def _zero_stats(self) -> None:
+        self._increments = 0
+        self._path_length = 0.0
+        self._step_norm_sum = 0.0
+        self._abs_loss_change_sum = 0.0
+
+    def observe(self, loss: float, params: torch.Tensor, grad: torch.Tensor) -> None:
+        """Record the point (θ_i, f_i) and the raw gradient g_i at it."""
+        if not isinstance(loss, float):
+            # A live tensor would drag its autograd graph along (LEAP.md §2).
+            raise TypeError(f"loss must be a detached Python float, got {type(loss).__name__}")
+        if params.shape != (self.num_params,) or grad.shape != (self.num_params,):
+            raise ValueError(
+                f"params and grad must be 1-D of length {self.num_params}, "
+                f"got {tuple(params.shape)} and {tuple(grad.shape)}"
+            )
+        if self._has_prev:
+            self._add_increment(loss, params)
+        self._prev_params.copy_(params)
+        self._prev_grad.copy_(grad)
+        self._prev_loss = loss
+        self._has_prev = True
+
+    def _add_increment(self, loss: float, params: torch.Tensor) -> None:
+        cfg = self.config
+        delta_theta = torch.sub(params, self._prev_params, out=self._delta_theta)
+        delta_loss = loss - self._prev_loss
+        if not cfg.loss:
+            loss_term = 0.0
+        elif cfg.stabilizer:
+            loss_term = -abs(delta_loss)
+        else:
+            loss_term = delta_loss
+        step_norm = float(torch.linalg.vector_norm(delta_theta))
+        length = math.sqrt(loss_term * loss_term + step_norm * step_norm)
+        weight = 1.0 if cfg.metric == "energy" else max(length, cfg.eps)
+
+        self._param_part.add_(delta_theta, alpha=1.0 / weight)
+        if loss_term != 0.0:
+            self._loss_part.add_(self._prev_grad, alpha=loss_term / weight)
+
+        self._increments += 1
+        self._path_length += length
+        self._step_norm_sum += step_norm
+        self._abs_loss_change_sum += abs(delta_loss)
+
+    @property
+    def param_part(self) -> torch.Tensor:
+        """Σ Δθ_i / w_i since the last flush (read-only view; valid until the next call)."""
+        return self._param_part
+
+    @property
+    def loss_part(self) -> torch.Tensor:
+        """Σ Δf̃_i · g_{i−1} / w_i since the last flush (read-only view)."""
+        return self._loss_part
+
+    def stats(self) -> PathStats:
+        """Statistics of the increments accumulated since the last flush."""
+        return PathStats(
+            increments=self._increments,
+            path_length=self._path_length,
+            step_norm_sum=self._step_norm_sum,
+            abs_loss_change_sum=self._abs_loss_change_sum,
+            param_part_norm=float(torch.linalg.vector_norm(self._param_part)),
+            loss_part_norm=float(torch.linalg.vector_norm(self._loss_part)),
+        )
+
+    def flush(self) -> torch.Tensor:
+        """Return M = Σ (Δθ_i + Δf̃_i·g_{i−1}) / w_i since the last flush, then zero it.
+
+        The previous point is kept, so the next increment pairs it with the next observe().
+        """
+        vector = self._param_part + self._loss_part
+        self._param_part.zero_()
+        self._loss_part.zero_()
+        self._zero_stats()
+        return vector
+
+    def reset(self) -> None:
+        """A new task starts: forget the previous point and zero the accumulator."""
+        self.flush()
+        self._has_prev = False
+
+
+def meta_gradient(task_vectors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """G = −(1/|B|) Σ_τ M_τ for the summed vectors M_τ of the tasks of one meta-batch."""
+    if len(task_vectors) == 0:
+        raise ValueError("meta_gradient needs at least one task vector")
+    return -torch.stack(list(task_vectors)).mean(dim=0)
+
+
+def normalized(vector: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """Scale a task's vector to unit norm so that no single task steers φ (optional, LEAP.md §7)."""
+    return vector / torch.linalg.vector_norm(vector).clamp_min(eps)
+
+
+def flatten(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Concatenate tensors into one new 1-D tensor (for tests and one-off copies)."""
+    return torch.cat([t.reshape(-1) for t in tensors])

@@ -1,0 +1,160 @@
+"""The learner side of Leap: sums the segments of each task and steps the shared φ.
+
+    G = −(1/|B|) Σ_τ M_τ,   M_τ = Σ_segments M_seg          (LEAP.md §3)
+
+then any torch optimizer steps φ with G as its gradient, and the version goes up by one.
+The meta-gradient lives in this class's own buffers, never accumulated in ``.grad`` (the
+reference code's PyTorch-2 pitfall, LEAP.md §6).
+
+Policies (documented in the README):
+- a segment with NaN/inf is rejected and its whole task is dropped: a partial sum is not that
+  task's H_τ, so mixing it in would break the estimator;
+- a task's segments only count once its final segment arrived; ``discard_task`` forgets a task
+  whose worker died, so a retried task never doubles up;
+- async mode: a task that started more than ``max_staleness`` versions ago is dropped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from leap_rl.config import MetaConfig
+from leap_rl.leap import meta_gradient, normalized
+from leap_rl.messages import Segment
+
+
+@dataclass
+class _TaskSum:
+    game: str
+    init_version: int
+    vector: torch.Tensor
+    segments: int = 0
+    complete: bool = False
+
+
+@dataclass(frozen=True)
+class MetaUpdate:
+    version: int
+    """The new version of φ."""
+    tasks: tuple[str, ...]
+    games: tuple[str, ...]
+    meta_grad_norm: float
+    dropped_stale: tuple[str, ...] = ()
+    staleness: tuple[int, ...] = ()
+
+
+@dataclass
+class Rejection:
+    task_id: str
+    game: str
+    reason: str
+
+
+class MetaLearner:
+    def __init__(self, phi: torch.Tensor, cfg: MetaConfig) -> None:
+        self.cfg = cfg
+        self.phi = torch.nn.Parameter(phi.detach().clone().float())
+        if cfg.optimizer == "adam":
+            self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.phi], lr=cfg.lr)
+        else:
+            self.optimizer = torch.optim.SGD([self.phi], lr=cfg.lr)
+        self.version = 0
+        self._tasks: dict[str, _TaskSum] = {}
+        self._poisoned: set[str] = set()
+        self.rejections: list[Rejection] = []
+
+    # ---------------------------------------------------------------- segments in
+    def add_segment(self, seg: Segment) -> bool:
+        """Add a segment to its task's sum; False (and a logged rejection) if refused."""
+        if seg.task_id in self._poisoned:
+            return False
+        if not seg.is_finite:
+            self._reject(seg, "non-finite values (NaN or inf) in the segment vector")
+            self._poisoned.add(seg.task_id)
+            self._tasks.pop(seg.task_id, None)
+            return False
+        if seg.init_version > self.version:
+            self._reject(seg, f"init version {seg.init_version} is newer than the learner's {self.version}")
+            return False
+        if self.version - seg.init_version > self._max_age:
+            self._reject(seg, f"stale: started at version {seg.init_version}, learner at {self.version}")
+            self._poisoned.add(seg.task_id)
+            self._tasks.pop(seg.task_id, None)
+            return False
+        task = self._tasks.get(seg.task_id)
+        if task is None:
+            task = self._tasks[seg.task_id] = _TaskSum(seg.game, seg.init_version, torch.zeros_like(self.phi.data))
+        if seg.index != task.segments:
+            self._reject(seg, f"segment {seg.index} arrived when {task.segments} was expected")
+            return False
+        task.vector += seg.vector.to(task.vector.device)
+        task.segments += 1
+        task.complete = seg.final
+        return True
+
+    @property
+    def _max_age(self) -> int:
+        # sync: tasks of the current version only; the driver never mixes versions
+        return self.cfg.max_staleness if self.cfg.mode == "async" else 0
+
+    def _reject(self, seg: Segment, reason: str) -> None:
+        self.rejections.append(Rejection(seg.task_id, seg.game, reason))
+
+    def discard_task(self, task_id: str) -> None:
+        """Forget every segment of a task (its worker died; it will be retried or replaced)."""
+        self._tasks.pop(task_id, None)
+
+    def complete_tasks(self) -> list[str]:
+        return sorted(t for t, s in self._tasks.items() if s.complete)
+
+    def is_dropped(self, task_id: str) -> bool:
+        return task_id in self._poisoned
+
+    # ---------------------------------------------------------------- φ out
+    def step(self, task_ids: list[str] | None = None) -> MetaUpdate:
+        """Apply the meta-gradient of the given complete tasks (default: all complete ones)."""
+        ids = sorted(task_ids if task_ids is not None else self.complete_tasks())
+        fresh, stale = [], []
+        for t in ids:
+            task = self._tasks[t]
+            if not task.complete:
+                raise ValueError(f"task {t} has not sent its final segment")
+            (stale if self.version - task.init_version > self._max_age else fresh).append(t)
+        vectors = [self._tasks[t].vector for t in fresh]
+        if self.cfg.normalize_tasks:
+            vectors = [normalized(v) for v in vectors]
+        grad_norm = 0.0
+        if vectors:
+            grad = meta_gradient(vectors)
+            grad_norm = float(torch.linalg.vector_norm(grad))
+            self.optimizer.zero_grad(set_to_none=True)
+            self.phi.grad = grad
+            self.optimizer.step()
+            self.phi.grad = None
+        update = MetaUpdate(
+            version=self.version + 1, tasks=tuple(fresh),
+            games=tuple(self._tasks[t].game for t in fresh), meta_grad_norm=grad_norm,
+            dropped_stale=tuple(stale),
+            staleness=tuple(self.version - self._tasks[t].init_version for t in fresh),
+        )
+        for t in ids:
+            del self._tasks[t]
+        self.version += 1
+        return update
+
+    def current(self) -> tuple[int, torch.Tensor]:
+        return self.version, self.phi.detach().clone()
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self) -> dict:
+        return {"phi": self.phi.detach().clone(), "optimizer": self.optimizer.state_dict(),
+                "version": self.version}
+
+    def load_state_dict(self, state: dict) -> None:
+        with torch.no_grad():
+            self.phi.copy_(state["phi"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.version = int(state["version"])
+        self._tasks.clear()

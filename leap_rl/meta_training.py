@@ -1,0 +1,141 @@
+"""Meta-training in one process (Algorithm 1 of the paper, synchronous), and the pieces that
+the Ray driver shares with it: the probe batch, the meta-step row, the checkpoint state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from typing import Callable
+
+import numpy as np
+import torch
+
+from leap_rl.config import RunConfig, dumps_toml
+from leap_rl.envs import make_vec_env
+from leap_rl.messages import TaskResult
+from leap_rl.meta_learner import MetaLearner, MetaUpdate
+from leap_rl.models import ActorCritic, dead_unit_fraction, initial_encoder
+from leap_rl.run_dir import RunDir
+from leap_rl.schedule import derived_seed, meta_training_games, plan_tasks
+from leap_rl.task import TaskRunner
+
+Printer = Callable[[str], None]
+
+
+def probe_batch(cfg: RunConfig, games: tuple[str, ...], size: int) -> torch.Tensor:
+    """A fixed batch of frames (random play, spread over the games) for the dead-unit probe."""
+    frames = []
+    per_game = -(-size // len(games))
+    rng = np.random.default_rng(derived_seed(cfg.seed, 0x9B0BE))
+    env_cfg = dataclasses.replace(cfg.env, num_envs=1)
+    for game in games:
+        env = make_vec_env(game, env_cfg, seed=cfg.seed)
+        obs, _ = env.reset(seed=cfg.seed)
+        for step in range(per_game * 8):
+            obs, *_ = env.step(rng.integers(env.single_action_space.n, size=1))
+            if step % 8 == 7:
+                frames.append(obs[0].copy())
+        env.close()
+    return torch.from_numpy(np.stack(frames[:size]))
+
+
+def encoder_dead_fraction(cfg: RunConfig, phi: torch.Tensor, probe: torch.Tensor) -> float:
+    model = ActorCritic(cfg.model, num_actions=1)
+    model.load_encoder(phi)
+    return dead_unit_fraction(model, probe)
+
+
+def meta_step_row(update: MetaUpdate, results: list[TaskResult], dead_fraction: float,
+                  env_steps_total: int, seconds: float, elapsed: float) -> dict:
+    """The ``"event": "meta_step"`` row of metrics.jsonl."""
+    by_game: dict[str, list[TaskResult]] = defaultdict(list)
+    for r in results:
+        by_game[r.game].append(r)
+    steps = sum(r.env_steps for r in results)
+    mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
+    return {
+        "event": "meta_step",
+        "version": update.version,
+        "tasks": len(update.tasks),
+        "games": list(update.games),
+        "path_length": mean([r.path_length for r in results]),
+        "meta_grad_norm": update.meta_grad_norm,
+        "dead_unit_fraction": dead_fraction,
+        "env_steps_total": env_steps_total,
+        "fps": steps / max(seconds, 1e-9),
+        "seconds": seconds,
+        "elapsed": elapsed,
+        "dropped_stale": len(update.dropped_stale),
+        "max_staleness_seen": max(update.staleness, default=0),
+        "episode_return_mean": {g: mean([r.final_return_mean for r in rs if r.episode_returns])
+                                for g, rs in by_game.items()},
+        "param_part_norm": {g: mean([r.param_part_norm for r in rs]) for g, rs in by_game.items()},
+        "loss_part_norm": {g: mean([r.loss_part_norm for r in rs]) for g, rs in by_game.items()},
+    }
+
+
+def checkpoint_state(cfg: RunConfig, learner: MetaLearner, env_steps_total: int, elapsed: float) -> dict:
+    return {
+        "learner": learner.state_dict(),
+        "version": learner.version,
+        "env_steps_total": env_steps_total,
+        "elapsed": elapsed,
+        "torch_rng": torch.get_rng_state(),
+        "config": dumps_toml(cfg),
+    }
+
+
+def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
+                   echo: Printer = print) -> MetaLearner:
+    """All tasks of every meta-step, one after another, in this process."""
+    games = meta_training_games(cfg)
+    learner = MetaLearner(initial_encoder(cfg.model, cfg.seed), cfg.meta)
+    env_steps_total, elapsed = 0, 0.0
+    state = run.load_checkpoint() if resume else None
+    if state is not None:
+        learner.load_state_dict(state["learner"])
+        env_steps_total, elapsed = state["env_steps_total"], state["elapsed"]
+        torch.set_rng_state(state["torch_rng"])
+    probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
+    runner = TaskRunner(cfg)
+    logged_rejections = 0
+    while learner.version < cfg.meta.meta_steps:
+        start = time.perf_counter()
+        version, phi = learner.current()
+        results = []
+        for spec in plan_tasks(cfg, games, version):
+            result = runner.run(spec, phi, learner.add_segment,
+                                lambda row: run.log({"event": "progress", "version": version, **row}))
+            results.append(result)
+            run.log({"event": "task_done", "version": version, **_task_row(result)})
+            while logged_rejections < len(learner.rejections):
+                rejection = learner.rejections[logged_rejections]
+                run.log({"event": "rejected_segment", **rejection.__dict__})
+                echo(f"rejected a segment of {rejection.task_id} ({rejection.game}): {rejection.reason}")
+                logged_rejections += 1
+        update = learner.step([r.task_id for r in results if not learner.is_dropped(r.task_id)])
+        seconds = time.perf_counter() - start
+        env_steps_total += sum(r.env_steps for r in results)
+        elapsed += seconds
+        row = meta_step_row(update, results, encoder_dead_fraction(cfg, learner.phi.detach(), probe),
+                            env_steps_total, seconds, elapsed)
+        run.log(row)
+        run.save_checkpoint(checkpoint_state(cfg, learner, env_steps_total, elapsed))
+        echo(format_meta_step(row, cfg.meta.meta_steps))
+    return learner
+
+
+def _task_row(result: TaskResult) -> dict:
+    row = {k: v for k, v in result.__dict__.items() if k not in ("episode_returns", "extra")}
+    row["episodes"] = len(result.episode_returns)
+    return row
+
+
+def format_meta_step(row: dict, total: int) -> str:
+    returns = ", ".join(f"{g} {v:.1f}" for g, v in row["episode_return_mean"].items() if v == v)
+    return (f"meta-step {row['version']}/{total}: {row['tasks']} tasks, path length "
+            f"{row['path_length']:.3f}, |G| {row['meta_grad_norm']:.3g}, dead units "
+            f"{100 * row['dead_unit_fraction']:.0f}%, {row['fps']:.0f} env steps/s"
+            + (f", scores: {returns}" if returns else ""))

@@ -1,0 +1,117 @@
+"""Actor-critic networks split into a meta-learned encoder and per-game heads.
+
+The encoder's parameters live as views of ONE flat tensor (``ActorCritic.encoder_flat``), so
+θ for Leap is available without a copy and φ is loaded with a single ``copy_``. Heads are
+freshly initialised for every task: their sizes depend on the game (LEAP.md §4).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from leap_rl.config import ModelConfig
+
+FRAMES = 4  # stacked grey frames (DeepMind preprocessing)
+
+
+def _conv_trunk(network: str) -> tuple[nn.Sequential, int, int]:
+    """(conv layers, flattened conv output size, FC width)."""
+    if network == "mnih2013":  # Mnih et al. 2013, the paper's network
+        convs = nn.Sequential(
+            nn.Conv2d(FRAMES, 16, 8, stride=4), nn.ReLU(),
+            nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
+            nn.Flatten(),
+        )
+        return convs, 32 * 9 * 9, 256
+    # Nature CNN, Mnih et al. 2015
+    convs = nn.Sequential(
+        nn.Conv2d(FRAMES, 32, 8, stride=4), nn.ReLU(),
+        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
+        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
+        nn.Flatten(),
+    )
+    return convs, 64 * 7 * 7, 512
+
+
+def _orthogonal(module: nn.Module, gain: float) -> None:
+    for m in module.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.orthogonal_(m.weight, gain)
+            nn.init.zeros_(m.bias)
+
+
+class ActorCritic(nn.Module):
+    """uint8 frames (B, 4, 84, 84) → (policy logits, value)."""
+
+    def __init__(self, cfg: ModelConfig, num_actions: int, device: torch.device | str = "cpu") -> None:
+        super().__init__()
+        convs, conv_out, width = _conv_trunk(cfg.network)
+        fc = nn.Sequential(nn.Linear(conv_out, width), nn.ReLU())
+        _orthogonal(convs, math.sqrt(2))
+        _orthogonal(fc, math.sqrt(2))
+        if cfg.encoder_includes_fc:
+            self.encoder = nn.Sequential(convs, fc)
+            self.torso = nn.Identity()
+        else:
+            self.encoder = convs
+            self.torso = fc  # per-game, freshly initialised with the heads
+        self.policy = nn.Linear(width, num_actions)
+        self.value = nn.Linear(width, 1)
+        _orthogonal(self.policy, 0.01)
+        _orthogonal(self.value, 1.0)
+        # Views must be made after the move to the device: .to() replaces parameter storage.
+        self.to(device)
+        self.encoder_flat = _flatten_into_views(list(self.encoder.parameters()))
+
+    def features(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.torso(self.encoder(obs.float() / 255.0))
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.features(obs)
+        return self.policy(h), self.value(h).squeeze(-1)
+
+    def encoder_grad_into(self, out: torch.Tensor) -> torch.Tensor:
+        """Write the encoder's raw gradients into the preallocated flat ``out``."""
+        return torch.cat([p.grad.reshape(-1) for p in self.encoder.parameters()], out=out)
+
+    def load_encoder(self, phi: torch.Tensor) -> None:
+        with torch.no_grad():
+            self.encoder_flat.copy_(phi)
+
+
+def _flatten_into_views(params: list[nn.Parameter]) -> torch.Tensor:
+    """Move ``params`` into one flat tensor and make each parameter a view of it."""
+    flat = torch.cat([p.detach().reshape(-1) for p in params])
+    offset = 0
+    for p in params:
+        n = p.numel()
+        p.data = flat[offset:offset + n].view_as(p)
+        offset += n
+    return flat
+
+
+def encoder_size(cfg: ModelConfig) -> int:
+    return ActorCritic(cfg, num_actions=1).encoder_flat.numel()
+
+
+def initial_encoder(cfg: ModelConfig, seed: int) -> torch.Tensor:
+    """A random initialisation φ_0 of the encoder (the same seed gives the same φ_0)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ActorCritic(cfg, num_actions=1).encoder_flat.clone()
+
+
+@torch.no_grad()
+def dead_unit_fraction(model: ActorCritic, probe: torch.Tensor) -> float:
+    """Fraction of the encoder's last ReLU units that are zero on every probe frame.
+
+    A shorter path that comes from silenced features is the degenerate Leap solution
+    (LEAP.md §7); this number is logged beside every path length.
+    """
+    h = model.encoder(probe.float() / 255.0)
+    if h.dim() > 2:
+        h = h.flatten(1)
+    return float((h <= 0).all(dim=0).float().mean())

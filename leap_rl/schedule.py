@@ -1,0 +1,46 @@
+"""Which tasks make up a meta-batch: games and seeds derived from (run seed, version, slot).
+
+Deriving everything from those three numbers (rather than from a stateful RNG) makes a run
+reproducible across processes, lets the distributed driver and the sequential loop plan the
+very same tasks, and needs no RNG state in checkpoints to resume exactly.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from leap_rl.config import RunConfig
+from leap_rl.envs import normalize_game, pool_games
+from leap_rl.messages import TaskSpec
+
+
+def meta_training_games(cfg: RunConfig) -> tuple[str, ...]:
+    """The configured games (validated), or the derived pool when none are configured."""
+    if cfg.meta.games:
+        return tuple(normalize_game(g) for g in cfg.meta.games)
+    return pool_games()
+
+
+def derived_seed(*parts: int) -> int:
+    return int(np.random.SeedSequence(list(parts)).generate_state(1)[0] & 0x7FFFFFFF)
+
+
+def sample_games(games: tuple[str, ...], count: int, run_seed: int, version: int) -> list[str]:
+    """``count`` games for meta-step ``version``: without replacement when the pool allows."""
+    rng = np.random.default_rng(derived_seed(run_seed, version, 0xBA7C))
+    replace = count > len(games)
+    return [games[i] for i in rng.choice(len(games), size=count, replace=replace)]
+
+
+def task_id(version: int, slot: int, attempt: int = 0) -> str:
+    return f"v{version:05d}-t{slot:03d}" + (f"-r{attempt}" if attempt else "")
+
+
+def plan_tasks(cfg: RunConfig, games: tuple[str, ...], version: int) -> list[TaskSpec]:
+    """The tasks of meta-step ``version``, all starting from φ_version."""
+    chosen = sample_games(games, cfg.meta.tasks_per_step, cfg.seed, version)
+    return [
+        TaskSpec(task_id=task_id(version, slot), game=game, init_version=version,
+                 seed=derived_seed(cfg.seed, version, slot), env_steps=cfg.meta.env_steps_per_task)
+        for slot, game in enumerate(chosen)
+    ]

@@ -1,0 +1,152 @@
+"""Train one A2C agent on one game from a given encoder initialization, streaming Leap segments.
+
+This plain class is what the Ray worker wraps unchanged, and what the sequential meta-training
+loop and ``leap-rl task`` call directly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections import deque
+from typing import Callable
+
+import numpy as np
+import torch
+
+from leap_rl.a2c import a2c_loss, clip_rewards, n_step_returns
+from leap_rl.config import RunConfig
+from leap_rl.envs import EpisodeTracker, make_vec_env, num_actions
+from leap_rl.leap import PathAccumulator
+from leap_rl.messages import Segment, TaskResult, TaskSpec
+from leap_rl.models import ActorCritic, encoder_size
+
+SegmentCallback = Callable[[Segment], None]
+ProgressCallback = Callable[[dict], None]
+RECENT_GAMES = 100
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class TaskRunner:
+    """Holds what can be reused across tasks (the Leap buffers); builds a fresh agent per task."""
+
+    def __init__(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.runtime.device)
+        n = encoder_size(cfg.model)
+        self.accumulator = PathAccumulator(n, cfg.leap, device=self.device)
+        self._grad = torch.zeros(n, device=self.device)
+        self._task_param_part = torch.zeros(n, device=self.device)
+        self._task_loss_part = torch.zeros(n, device=self.device)
+
+    def run(self, spec: TaskSpec, phi: torch.Tensor | None,
+            on_segment: SegmentCallback | None = None,
+            on_progress: ProgressCallback | None = None) -> TaskResult:
+        """Train for ``spec.env_steps``; ``phi`` None keeps the random encoder (a baseline)."""
+        cfg, a2c, device = self.cfg, self.cfg.a2c, self.device
+        T, N = a2c.unroll, cfg.env.num_envs
+        torch.manual_seed(spec.seed)  # heads (and the random encoder when phi is None)
+        sampler = torch.Generator(device=device).manual_seed(spec.seed)
+        model = ActorCritic(cfg.model, num_actions(spec.game, cfg.env.full_action_space), device)
+        if phi is not None:
+            model.load_encoder(phi.to(device))
+        optimizer = torch.optim.RMSprop(model.parameters(), lr=a2c.lr, alpha=a2c.rms_alpha,
+                                        eps=a2c.rms_eps)
+        env = make_vec_env(spec.game, cfg.env, seed=spec.seed)
+        tracker = EpisodeTracker(N)
+        acc = self.accumulator
+        acc.reset()
+        self._task_param_part.zero_()
+        self._task_loss_part.zero_()
+
+        obs_buf = torch.zeros((T, N, *env.single_observation_space.shape), dtype=torch.uint8, device=device)
+        act_buf = torch.zeros((T, N), dtype=torch.long, device=device)
+        rew_buf = torch.zeros((T, N), device=device)
+        done_buf = torch.zeros((T, N), device=device)
+        obs = torch.from_numpy(env.reset(seed=spec.seed)[0]).to(device)
+
+        num_updates = math.ceil(spec.env_steps / (T * N))
+        returns_all: list[float] = []
+        recent: deque[float] = deque(maxlen=RECENT_GAMES)
+        path_length = 0.0
+        segment_index = 0
+        start = last_log_time = time.perf_counter()
+        last_log_steps = 0
+        try:
+            for update in range(1, num_updates + 1):
+                for t in range(T):
+                    with torch.no_grad():
+                        logits, _ = model(obs)
+                        actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=sampler).squeeze(1)
+                    obs_buf[t] = obs
+                    act_buf[t] = actions
+                    next_obs, raw_reward, terminated, truncated, info = env.step(actions.cpu().numpy())
+                    for score, _length in tracker.update(raw_reward, terminated, truncated,
+                                                         info["episode_frame_number"]):
+                        returns_all.append(score)
+                        recent.append(score)
+                    reward = clip_rewards(torch.as_tensor(raw_reward, dtype=torch.float32), a2c).to(device)
+                    cut = truncated & ~terminated
+                    if cut.any():  # a time limit is not a terminal state: bootstrap through it
+                        final = torch.from_numpy(info["final_obs"][cut]).to(device)
+                        with torch.no_grad():
+                            reward[torch.from_numpy(cut).to(device)] += a2c.gamma * model(final)[1]
+                    rew_buf[t] = reward
+                    done_buf[t] = torch.from_numpy(terminated | truncated).to(device, torch.float32)
+                    obs = torch.from_numpy(next_obs).to(device)
+
+                with torch.no_grad():
+                    bootstrap = model(obs)[1]
+                returns = n_step_returns(rew_buf, done_buf, bootstrap, a2c.gamma)
+                logits, values = model(obs_buf.flatten(0, 1))
+                loss = a2c_loss(logits, values, act_buf.flatten(), returns.flatten(), a2c)
+
+                # Order matters (LEAP.md §6): backward → Leap reads the loss, θ and the RAW
+                # gradient of the encoder → clip → optimizer step.
+                optimizer.zero_grad(set_to_none=False)
+                loss.total.backward()
+                acc.observe(loss.total.item(), model.encoder_flat, model.encoder_grad_into(self._grad))
+                if a2c.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), a2c.max_grad_norm)
+                optimizer.step()
+
+                last = update == num_updates
+                if update % cfg.meta.segment_every == 0 or last:
+                    stats = acc.stats()
+                    self._task_param_part += acc.param_part
+                    self._task_loss_part += acc.loss_part
+                    path_length += stats.path_length
+                    segment = Segment(spec.task_id, spec.game, spec.init_version, segment_index,
+                                      acc.flush().cpu(), stats, last, update * T * N)
+                    segment_index += 1
+                    if on_segment is not None:
+                        on_segment(segment)
+                if on_progress is not None and (update % cfg.runtime.log_every == 0 or last):
+                    now = time.perf_counter()
+                    steps = update * T * N
+                    on_progress({
+                        "task_id": spec.task_id, "game": spec.game, "env_steps": steps,
+                        "updates": update, "episodes": len(returns_all),
+                        "episode_return_mean": float(np.mean(recent)) if recent else float("nan"),
+                        "fps": (steps - last_log_steps) / max(now - last_log_time, 1e-9),
+                        "loss": loss.total.item(), "policy_loss": loss.policy.item(),
+                        "value_loss": loss.value.item(), "entropy": loss.entropy.item(),
+                    })
+                    last_log_time, last_log_steps = now, steps
+        finally:
+            env.close()
+
+        return TaskResult(
+            task_id=spec.task_id, game=spec.game, init_version=spec.init_version,
+            env_steps=num_updates * T * N, updates=num_updates, segments=segment_index,
+            seconds=time.perf_counter() - start, episode_returns=tuple(returns_all),
+            path_length=path_length,
+            param_part_norm=float(torch.linalg.vector_norm(self._task_param_part)),
+            loss_part_norm=float(torch.linalg.vector_norm(self._task_loss_part)),
+            final_return_mean=float(np.mean(recent)) if recent else float("nan"),
+        )
