@@ -62,17 +62,17 @@ class MetaLearner:
             self.optimizer = torch.optim.SGD([self.phi], lr=cfg.lr)
         self.version = 0
         self._tasks: dict[str, _TaskSum] = {}
-        self._poisoned: set[str] = set()
+        self._dropped: set[str] = set()
         self.rejections: list[Rejection] = []
 
     # ---------------------------------------------------------------- segments in
     def add_segment(self, seg: Segment) -> bool:
         """Add a segment to its task's sum; False (and a logged rejection) if refused."""
-        if seg.task_id in self._poisoned:
+        if seg.task_id in self._dropped:
             return False
         if not seg.is_finite:
             self._reject(seg, "non-finite values (NaN or inf) in the segment vector")
-            self._poisoned.add(seg.task_id)
+            self._dropped.add(seg.task_id)
             self._tasks.pop(seg.task_id, None)
             return False
         if seg.init_version > self.version:
@@ -80,7 +80,7 @@ class MetaLearner:
             return False
         if self.version - seg.init_version > self._max_age:
             self._reject(seg, f"stale: started at version {seg.init_version}, learner at {self.version}")
-            self._poisoned.add(seg.task_id)
+            self._dropped.add(seg.task_id)
             self._tasks.pop(seg.task_id, None)
             return False
         task = self._tasks.get(seg.task_id)
@@ -103,14 +103,19 @@ class MetaLearner:
         self.rejections.append(Rejection(seg.task_id, seg.game, reason))
 
     def discard_task(self, task_id: str) -> None:
-        """Forget every segment of a task (its worker died; it will be retried or replaced)."""
+        """Forget a task (its worker died): its sum is dropped and late segments are refused.
+
+        A retry runs under a new task id, so a segment still in flight from the dead worker
+        can never be mixed into the retry's sum.
+        """
         self._tasks.pop(task_id, None)
+        self._dropped.add(task_id)
 
     def complete_tasks(self) -> list[str]:
         return sorted(t for t, s in self._tasks.items() if s.complete)
 
     def is_dropped(self, task_id: str) -> bool:
-        return task_id in self._poisoned
+        return task_id in self._dropped
 
     # ---------------------------------------------------------------- φ out
     def step(self, task_ids: list[str] | None = None) -> MetaUpdate:

@@ -76,10 +76,10 @@ def meta_step_row(update: MetaUpdate, results: list[TaskResult], dead_fraction: 
     }
 
 
-def checkpoint_state(cfg: RunConfig, learner: MetaLearner, env_steps_total: int, elapsed: float) -> dict:
+def checkpoint_state(cfg: RunConfig, learner_state: dict, env_steps_total: int, elapsed: float) -> dict:
     return {
-        "learner": learner.state_dict(),
-        "version": learner.version,
+        "learner": learner_state,
+        "version": learner_state["version"],
         "env_steps_total": env_steps_total,
         "elapsed": elapsed,
         "torch_rng": torch.get_rng_state(),
@@ -122,7 +122,7 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
         row = meta_step_row(update, results, encoder_dead_fraction(cfg, learner.phi.detach(), probe),
                             env_steps_total, seconds, elapsed)
         run.log(row)
-        run.save_checkpoint(checkpoint_state(cfg, learner, env_steps_total, elapsed))
+        run.save_checkpoint(checkpoint_state(cfg, learner.state_dict(), env_steps_total, elapsed))
         echo(format_meta_step(row, cfg.meta.meta_steps))
     return learner
 

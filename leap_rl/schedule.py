@@ -32,8 +32,13 @@ def sample_games(games: tuple[str, ...], count: int, run_seed: int, version: int
     return [games[i] for i in rng.choice(len(games), size=count, replace=replace)]
 
 
-def task_id(version: int, slot: int, attempt: int = 0) -> str:
-    return f"v{version:05d}-t{slot:03d}" + (f"-r{attempt}" if attempt else "")
+def task_id(version: int, slot: int) -> str:
+    return f"v{version:05d}-t{slot:03d}"
+
+
+def retry_id(original: str, attempt: int) -> str:
+    """The id of a task's re-run: a new id, so late segments of the failed run never mix in."""
+    return f"{original.split('-r')[0]}-r{attempt}"
 
 
 def plan_tasks(cfg: RunConfig, games: tuple[str, ...], version: int) -> list[TaskSpec]:

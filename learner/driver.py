@@ -1,0 +1,256 @@
+"""``leap-rl train`` on Ray: starts or joins Ray, runs the learner and the workers, logs,
+checkpoints after every meta-step, and resumes.
+
+Modes (``meta.mode``):
+- sync (paper Algorithm 1): every task of meta-batch v starts from φ_v and φ_{v+1} is made
+  when all of them are done. Tasks and seeds are those of the sequential loop, so both give
+  the same φ.
+- async: no barrier. A free worker starts a new task from the newest φ; the learner steps as
+  soon as ``tasks_per_step`` tasks have finished, using those within ``max_staleness``
+  versions and dropping older ones (the extra approximation of asynchronous Leap).
+
+A worker that dies mid-task is replaced; its task is dropped at the learner (partial sums are
+never used) and run again from the start under a new task id, with the same game, seed and
+init version, so the sync guarantee holds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+import torch
+from ray.exceptions import ActorDiedError, RayActorError
+
+from actors.task_worker import TaskWorker
+from leap_rl.config import RunConfig
+from leap_rl.messages import TaskResult, TaskSpec
+from leap_rl.meta_training import (checkpoint_state, encoder_dead_fraction, format_meta_step,
+                                   meta_step_row, probe_batch)
+from leap_rl.models import initial_encoder
+from leap_rl.run_dir import RunDir
+from leap_rl.schedule import derived_seed, meta_training_games, plan_tasks, retry_id, sample_games
+from learner.learner_actor import LearnerActor
+
+POLL_SECONDS = 1.0
+MAX_RETRIES = 3
+
+
+@dataclass
+class _Running:
+    spec: TaskSpec
+    worker: int
+    attempt: int
+
+
+class _Workers:
+    """A fixed number of worker slots; a dead worker is replaced in its slot."""
+
+    def __init__(self, cfg: RunConfig, learner: ray.actor.ActorHandle, run: RunDir) -> None:
+        self.cfg, self.learner, self.run = cfg, learner, run
+        self.options = dict(num_cpus=cfg.runtime.cpus_per_worker, num_gpus=cfg.runtime.gpus_per_worker)
+        self.actors = [self._new() for _ in range(cfg.runtime.workers)]
+        self.free = list(range(len(self.actors)))
+        self.running: dict[ray.ObjectRef, _Running] = {}
+
+    def _new(self) -> ray.actor.ActorHandle:
+        return TaskWorker.options(**self.options).remote(self.cfg, self.learner)
+
+    def submit(self, spec: TaskSpec, phi_ref: list, attempt: int = 0) -> None:
+        slot = self.free.pop(0)
+        ref = self.actors[slot].run.remote(spec, phi_ref)
+        self.running[ref] = _Running(spec, slot, attempt)
+
+    def wait(self) -> tuple[list[tuple[_Running, TaskResult]], list[_Running]]:
+        """Block briefly; return (finished tasks with results, tasks whose worker died)."""
+        self.drain_progress()
+        if not self.running:
+            return [], []
+        ready, _ = ray.wait(list(self.running), num_returns=1, timeout=POLL_SECONDS)
+        done, failed = [], []
+        for ref in ready:
+            job = self.running.pop(ref)
+            try:
+                done.append((job, ray.get(ref)))
+            except (RayActorError, ActorDiedError) as exc:
+                failed.append(job)
+                self.run.log({"event": "worker_failed", "task_id": job.spec.task_id,
+                              "game": job.spec.game, "attempt": job.attempt,
+                              "error": str(exc).splitlines()[0][:300]})
+                self.actors[job.worker] = self._new()
+            self.free.append(job.worker)
+        return done, failed
+
+    def drain_progress(self) -> None:
+        for slot, actor in enumerate(self.actors):
+            if slot in self.free:
+                continue
+            try:
+                rows = ray.get(actor.take_progress.remote(), timeout=30)
+            except (RayActorError, ActorDiedError, ray.exceptions.GetTimeoutError):
+                continue  # a dead worker is noticed by wait()
+            for row in rows:
+                self.run.log({"event": "progress", **row})
+
+    def cancel_all(self) -> None:
+        for ref in list(self.running):
+            ray.cancel(ref, force=True)
+        self.running.clear()
+
+
+def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
+    """Join ``address`` or start a local Ray bound to loopback. True if we started it."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address:
+        ray.init(address=address, logging_level="warning")
+        return False
+    needed = cfg.runtime.workers * cfg.runtime.cpus_per_worker + cfg.runtime.learner_cpus
+    ray.init(
+        num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
+        include_dashboard=dashboard,
+        dashboard_host="127.0.0.1",
+        _node_ip_address="127.0.0.1",
+        logging_level="warning",
+        log_to_driver=True,
+    )
+    return True
+
+
+class _Echo:
+    """A progress bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, total: int, start: int) -> None:
+        self.bar = None
+        if sys.stdout.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=start, unit="meta-step", dynamic_ncols=True)
+
+    def __call__(self, line: str) -> None:
+        if self.bar is not None:
+            self.bar.write(line)
+            self.bar.update(1)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: str | None = None,
+                  dashboard: bool = False) -> int:
+    resume = run is not None
+    if run is None:
+        run = RunDir.create(run_dir, cfg)
+    games = meta_training_games(cfg)
+    state = run.load_checkpoint() if resume else None
+    started = _init_ray(cfg, address, dashboard)
+    try:
+        learner = LearnerActor.options(num_cpus=cfg.runtime.learner_cpus,
+                                       num_gpus=cfg.runtime.learner_gpus).remote(
+            initial_encoder(cfg.model, cfg.seed), cfg.meta, cfg.runtime.torch_threads)
+        progress = {"env_steps_total": 0, "elapsed": 0.0}
+        if state is not None:
+            ray.get(learner.load_state_dict.remote(state["learner"]))
+            torch.set_rng_state(state["torch_rng"])
+            progress = {"env_steps_total": state["env_steps_total"], "elapsed": state["elapsed"]}
+        version = ray.get(learner.version.remote())
+        run.log({"event": "start", "mode": cfg.meta.mode, "resume": resume, "version": version,
+                 "workers": cfg.runtime.workers, "games": list(games)})
+        probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
+        workers = _Workers(cfg, learner, run)
+        echo = _Echo(cfg.meta.meta_steps, version)
+        loop = _sync_loop if cfg.meta.mode == "sync" else _async_loop
+        try:
+            loop(cfg, games, learner, workers, run, probe, progress, echo)
+        finally:
+            echo.close()
+            workers.cancel_all()
+        run.close()
+        print(f"done: φ at version {cfg.meta.meta_steps}; checkpoint in {run.path}/checkpoint.pt")
+        return 0
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _finish_meta_step(cfg, learner, run, probe, progress, echo, task_ids, results, seconds) -> None:
+    update = ray.get(learner.step.remote(task_ids))
+    progress["env_steps_total"] += sum(r.env_steps for r in results)
+    progress["elapsed"] += seconds
+    state = ray.get(learner.state_dict.remote())
+    row = meta_step_row(update, results, encoder_dead_fraction(cfg, state["phi"], probe),
+                        progress["env_steps_total"], seconds, progress["elapsed"])
+    run.log(row)
+    run.save_checkpoint(checkpoint_state(cfg, state, progress["env_steps_total"], progress["elapsed"]))
+    for rejection in ray.get(learner.rejections.remote(progress.get("rejections_logged", 0))):
+        run.log({"event": "rejected_segment", **rejection.__dict__})
+        echo_line = f"rejected a segment of {rejection.task_id} ({rejection.game}): {rejection.reason}"
+        print(echo_line, file=sys.stderr, flush=True)
+        progress["rejections_logged"] = progress.get("rejections_logged", 0) + 1
+    echo(format_meta_step(row, cfg.meta.meta_steps))
+
+
+def _sync_loop(cfg, games, learner, workers: _Workers, run, probe, progress, echo) -> None:
+    while True:
+        version, phi_ref = ray.get(learner.current.remote())
+        if version >= cfg.meta.meta_steps:
+            return
+        start = time.perf_counter()
+        queue = [(spec, 0) for spec in plan_tasks(cfg, games, version)]
+        results: dict[str, TaskResult] = {}
+        while queue or workers.running:
+            while queue and workers.free:
+                spec, attempt = queue.pop(0)
+                workers.submit(spec, phi_ref, attempt)
+            done, failed = workers.wait()
+            for job, result in done:
+                results[job.spec.task_id] = result
+                run.log({"event": "task_done", "version": version, "task_id": result.task_id,
+                         "game": result.game, "env_steps": result.env_steps,
+                         "final_return_mean": result.final_return_mean,
+                         "path_length": result.path_length, "seconds": result.seconds})
+            for job in failed:
+                ray.get(learner.discard_task.remote(job.spec.task_id))
+                if job.attempt + 1 > MAX_RETRIES:
+                    raise RuntimeError(f"task {job.spec.task_id} ({job.spec.game}) failed {MAX_RETRIES + 1} times")
+                retry = dataclasses.replace(job.spec, task_id=retry_id(job.spec.task_id, job.attempt + 1))
+                queue.append((retry, job.attempt + 1))
+        kept = [t for t in sorted(results) if not ray.get(learner.is_dropped.remote(t))]
+        _finish_meta_step(cfg, learner, run, probe, progress, echo, kept,
+                          [results[t] for t in kept], time.perf_counter() - start)
+
+
+def _async_loop(cfg, games, learner, workers: _Workers, run, probe, progress, echo) -> None:
+    version, phi_ref = ray.get(learner.current.remote())
+    ticket = version * cfg.meta.tasks_per_step  # resumes continue the ticket sequence
+    waiting: dict[str, TaskResult] = {}
+    start = time.perf_counter()
+    while version < cfg.meta.meta_steps:
+        while workers.free:
+            game = sample_games(games, 1, cfg.seed, ticket)[0]
+            spec = TaskSpec(f"a{ticket:06d}", game, version, derived_seed(cfg.seed, ticket, 1),
+                            cfg.meta.env_steps_per_task)
+            workers.submit(spec, phi_ref)
+            ticket += 1
+        done, failed = workers.wait()
+        for job in failed:
+            ray.get(learner.discard_task.remote(job.spec.task_id))  # replaced by a fresh ticket
+        for job, result in done:
+            run.log({"event": "task_done", "version": version, "init_version": result.init_version,
+                     "task_id": result.task_id, "game": result.game, "env_steps": result.env_steps,
+                     "final_return_mean": result.final_return_mean, "path_length": result.path_length})
+            if not ray.get(learner.is_dropped.remote(result.task_id)):
+                waiting[result.task_id] = result
+        if len(waiting) >= cfg.meta.tasks_per_step:
+            ids = sorted(waiting)
+            _finish_meta_step(cfg, learner, run, probe, progress, echo, ids,
+                              [waiting[t] for t in ids], time.perf_counter() - start)
+            waiting.clear()
+            start = time.perf_counter()
+            version, phi_ref = ray.get(learner.current.remote())
