@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -37,6 +37,8 @@ class Segment:
     final: bool
     env_steps: int
     """Env steps of the task so far."""
+    diverged: bool = False
+    """The agent's loss or policy became non-finite; the task stopped early."""
     message_version: int = MESSAGE_VERSION
 
     @property
@@ -67,4 +69,4 @@ class TaskResult:
     """‖Σ_task Δf̃·g/w‖."""
     final_return_mean: float
     """Mean raw score of the last 100 games (nan if none finished)."""
-    extra: dict = field(default_factory=dict)
+    diverged: bool = False

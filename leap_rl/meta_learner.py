@@ -70,8 +70,10 @@ class MetaLearner:
         """Add a segment to its task's sum; False (and a logged rejection) if refused."""
         if seg.task_id in self._dropped:
             return False
-        if not seg.is_finite:
-            self._reject(seg, "non-finite values (NaN or inf) in the segment vector")
+        if seg.diverged or not seg.is_finite:
+            reason = ("the agent diverged (non-finite loss or policy)" if seg.diverged
+                      else "non-finite values (NaN or inf) in the segment vector")
+            self._reject(seg, reason)
             self._dropped.add(seg.task_id)
             self._tasks.pop(seg.task_id, None)
             return False

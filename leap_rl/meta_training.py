@@ -49,11 +49,15 @@ def encoder_dead_fraction(cfg: RunConfig, phi: torch.Tensor, probe: torch.Tensor
 
 def meta_step_row(update: MetaUpdate, results: list[TaskResult], dead_fraction: float,
                   env_steps_total: int, seconds: float, elapsed: float) -> dict:
-    """The ``"event": "meta_step"`` row of metrics.jsonl."""
+    """The ``"event": "meta_step"`` row of metrics.jsonl.
+
+    Speed counts every task run; the other figures only the tasks that entered the update.
+    """
+    steps = sum(r.env_steps for r in results)
+    results = [r for r in results if r.task_id in update.tasks]
     by_game: dict[str, list[TaskResult]] = defaultdict(list)
     for r in results:
         by_game[r.game].append(r)
-    steps = sum(r.env_steps for r in results)
     mean = lambda xs: float(np.mean(xs)) if len(xs) else float("nan")  # noqa: E731
     return {
         "event": "meta_step",
@@ -128,7 +132,7 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
 
 
 def _task_row(result: TaskResult) -> dict:
-    row = {k: v for k, v in result.__dict__.items() if k not in ("episode_returns", "extra")}
+    row = {k: v for k, v in result.__dict__.items() if k != "episode_returns"}
     row["episodes"] = len(result.episode_returns)
     return row
 

@@ -75,13 +75,32 @@ class TaskRunner:
         recent: deque[float] = deque(maxlen=RECENT_GAMES)
         path_length = 0.0
         segment_index = 0
+        diverged = False
         start = last_log_time = time.perf_counter()
         last_log_steps = 0
+
+        def emit(final: bool, update: int) -> None:
+            nonlocal segment_index, path_length
+            stats = acc.stats()
+            self._task_param_part += acc.param_part
+            self._task_loss_part += acc.loss_part
+            path_length += stats.path_length
+            segment = Segment(spec.task_id, spec.game, spec.init_version, segment_index,
+                              acc.flush().cpu(), stats, final, update * T * N, diverged=diverged)
+            segment_index += 1
+            if on_segment is not None:
+                on_segment(segment)
+
+        update = 0
         try:
             for update in range(1, num_updates + 1):
                 for t in range(T):
                     with torch.no_grad():
                         logits, _ = model(obs)
+                    if not bool(torch.isfinite(logits).all()):
+                        diverged = True
+                        break
+                    with torch.no_grad():
                         actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=sampler).squeeze(1)
                     obs_buf[t] = obs
                     act_buf[t] = actions
@@ -99,6 +118,8 @@ class TaskRunner:
                     rew_buf[t] = reward
                     done_buf[t] = torch.from_numpy(terminated | truncated).to(device, torch.float32)
                     obs = torch.from_numpy(next_obs).to(device)
+                if diverged:
+                    break
 
                 with torch.no_grad():
                     bootstrap = model(obs)[1]
@@ -110,22 +131,18 @@ class TaskRunner:
                 # gradient of the encoder → clip → optimizer step.
                 optimizer.zero_grad(set_to_none=False)
                 loss.total.backward()
-                acc.observe(loss.total.item(), model.encoder_flat, model.encoder_grad_into(self._grad))
+                loss_value = loss.total.item()
+                if not math.isfinite(loss_value):
+                    diverged = True
+                    break
+                acc.observe(loss_value, model.encoder_flat, model.encoder_grad_into(self._grad))
                 if a2c.max_grad_norm > 0:
                     torch.nn.utils.clip_grad_norm_(model.parameters(), a2c.max_grad_norm)
                 optimizer.step()
 
                 last = update == num_updates
                 if update % cfg.meta.segment_every == 0 or last:
-                    stats = acc.stats()
-                    self._task_param_part += acc.param_part
-                    self._task_loss_part += acc.loss_part
-                    path_length += stats.path_length
-                    segment = Segment(spec.task_id, spec.game, spec.init_version, segment_index,
-                                      acc.flush().cpu(), stats, last, update * T * N)
-                    segment_index += 1
-                    if on_segment is not None:
-                        on_segment(segment)
+                    emit(last, update)
                 if on_progress is not None and (update % cfg.runtime.log_every == 0 or last):
                     now = time.perf_counter()
                     steps = update * T * N
@@ -138,12 +155,14 @@ class TaskRunner:
                         "value_loss": loss.value.item(), "entropy": loss.entropy.item(),
                     })
                     last_log_time, last_log_steps = now, steps
+            if diverged:  # the learner drops a diverged task whole (its sum is no H_τ)
+                emit(True, update)
         finally:
             env.close()
 
         return TaskResult(
             task_id=spec.task_id, game=spec.game, init_version=spec.init_version,
-            env_steps=num_updates * T * N, updates=num_updates, segments=segment_index,
+            env_steps=update * T * N, updates=update, segments=segment_index, diverged=diverged,
             seconds=time.perf_counter() - start, episode_returns=tuple(returns_all),
             path_length=path_length,
             param_part_norm=float(torch.linalg.vector_norm(self._task_param_part)),
