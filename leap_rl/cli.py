@@ -106,6 +106,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "task":
         from leap_rl.commands import run_task
         return run_task(cfg, args.game, args.env_steps, args.init, args.run_dir)
+    from leap_rl.schedule import meta_training_games
+    meta_training_games(cfg)  # unknown games fail here, before a run directory is made
     if args.runtime == "sequential":
         from leap_rl.commands import run_train_sequential
         return run_train_sequential(cfg, args.run_dir, run)

@@ -23,8 +23,12 @@ HELD_OUT = ("breakout", "space_invaders")
 POOL_MAX_ACTIONS = 10
 
 
+@lru_cache(maxsize=1)
 def installed_games() -> tuple[str, ...]:
-    return tuple(sorted(roms.get_all_rom_ids()))
+    """ROMs that ale-py ships and supports. A few shipped ROMs (combat, joust, maze_craze,
+    warlords) are not supported, and loading one ends the process from C++: leave them out."""
+    return tuple(sorted(g for g in roms.get_all_rom_ids()
+                        if ale_py.ALEInterface.isSupportedROM(roms.get_rom_path(g)) is not None))
 
 
 def normalize_game(name: str) -> str:
@@ -36,7 +40,7 @@ def normalize_game(name: str) -> str:
     if snake in games:
         return snake
     close = difflib.get_close_matches(snake, games, n=3, cutoff=0.6)
-    hint = f"; did you mean {', '.join(close)}?" if close else "; `leap-rl games` lists them"
+    hint = f"; did you mean {', '.join(close)}?" if close else "; `leap-rl pool --all` lists them"
     raise ConfigError(f"unknown game {name!r}: not one of the {len(games)} installed ALE ROMs{hint}")
 
 

@@ -73,23 +73,19 @@ class MetaLearner:
         if seg.diverged or not seg.is_finite:
             reason = ("the agent diverged (non-finite loss or policy)" if seg.diverged
                       else "non-finite values (NaN or inf) in the segment vector")
-            self._reject(seg, reason)
-            self._dropped.add(seg.task_id)
-            self._tasks.pop(seg.task_id, None)
+            self._drop(seg, reason)
             return False
         if seg.init_version > self.version:
-            self._reject(seg, f"init version {seg.init_version} is newer than the learner's {self.version}")
+            self._drop(seg, f"init version {seg.init_version} is newer than the learner's {self.version}")
             return False
         if self.version - seg.init_version > self._max_age:
-            self._reject(seg, f"stale: started at version {seg.init_version}, learner at {self.version}")
-            self._dropped.add(seg.task_id)
-            self._tasks.pop(seg.task_id, None)
+            self._drop(seg, f"stale: started at version {seg.init_version}, learner at {self.version}")
             return False
         task = self._tasks.get(seg.task_id)
         if task is None:
             task = self._tasks[seg.task_id] = _TaskSum(seg.game, seg.init_version, torch.zeros_like(self.phi.data))
         if seg.index != task.segments:
-            self._reject(seg, f"segment {seg.index} arrived when {task.segments} was expected")
+            self._drop(seg, f"segment {seg.index} arrived when {task.segments} was expected")
             return False
         task.vector += seg.vector.to(task.vector.device)
         task.segments += 1
@@ -101,8 +97,11 @@ class MetaLearner:
         # sync: tasks of the current version only; the driver never mixes versions
         return self.cfg.max_staleness if self.cfg.mode == "async" else 0
 
-    def _reject(self, seg: Segment, reason: str) -> None:
+    def _drop(self, seg: Segment, reason: str) -> None:
+        """Refuse the segment and its whole task: a partial sum is not the task's H_τ."""
         self.rejections.append(Rejection(seg.task_id, seg.game, reason))
+        self._dropped.add(seg.task_id)
+        self._tasks.pop(seg.task_id, None)
 
     def discard_task(self, task_id: str) -> None:
         """Forget a task (its worker died): its sum is dropped and late segments are refused.

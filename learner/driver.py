@@ -97,9 +97,10 @@ class _Workers:
             for row in rows:
                 self.run.log({"event": "progress", **row})
 
-    def cancel_all(self) -> None:
-        for ref in list(self.running):
-            ray.cancel(ref, force=True)
+    def stop(self) -> None:
+        """End the workers, also those still running a task (Ray cannot force-cancel actor calls)."""
+        for actor in self.actors:
+            ray.kill(actor)
         self.running.clear()
 
 
@@ -170,7 +171,7 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
             loop(cfg, games, learner, workers, run, probe, progress, echo)
         finally:
             echo.close()
-            workers.cancel_all()
+            workers.stop()
         run.close()
         print(f"done: φ at version {cfg.meta.meta_steps}; checkpoint in {run.path}/checkpoint.pt")
         return 0
@@ -223,7 +224,7 @@ def _sync_loop(cfg, games, learner, workers: _Workers, run, probe, progress, ech
                 queue.append((retry, job.attempt + 1))
         kept = [t for t in sorted(results) if not ray.get(learner.is_dropped.remote(t))]
         _finish_meta_step(cfg, learner, run, probe, progress, echo, kept,
-                          [results[t] for t in kept], time.perf_counter() - start)
+                          list(results.values()), time.perf_counter() - start)
 
 
 def _async_loop(cfg, games, learner, workers: _Workers, run, probe, progress, echo) -> None:

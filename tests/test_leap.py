@@ -417,6 +417,29 @@ def test_nan_segment_rejected_and_task_never_enters_step():
     assert torch.isfinite(learner.phi).all()
 
 
+def test_diverged_segment_drops_its_task():
+    phi0 = torch.zeros(3)
+    learner = sgd_learner(phi0)
+    assert learner.add_segment(seg("ok", torch.ones(3)))
+    assert learner.add_segment(seg("div", torch.full((3,), 9.0), game="qbert", final=False))
+    diverged = Segment("div", "qbert", 0, 1, torch.full((3,), 9.0), stats(), True, 200, diverged=True)
+    assert not learner.add_segment(diverged)
+    assert learner.is_dropped("div")
+    assert any(r.task_id == "div" and r.game == "qbert" for r in learner.rejections)
+    update = learner.step()
+    assert update.tasks == ("ok",)
+    torch.testing.assert_close(learner.phi.detach(), phi0 + torch.ones(3))
+
+
+def test_discarded_task_refuses_late_segments():
+    learner = sgd_learner(torch.zeros(2))
+    assert learner.add_segment(seg("a", torch.ones(2), final=False))
+    learner.discard_task("a")
+    assert learner.is_dropped("a")
+    assert not learner.add_segment(seg("a", torch.ones(2), index=1, final=True))
+    assert learner.complete_tasks() == []
+
+
 def test_segments_sum_like_one_big_vector():
     torch.manual_seed(1)
     phi0 = torch.randn(6)
