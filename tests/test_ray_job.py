@@ -1,0 +1,83 @@
+"""`ray job submit` against a Ray head that the test starts on 127.0.0.1 (the cluster path)."""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head():
+    """A head node in its own process group, stopped by killing exactly that group."""
+    temp_dir = tempfile.mkdtemp(prefix="lr-", dir="/tmp")  # Ray's socket paths must stay short
+    port, dashboard = free_port(), free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
+           # Loopback-only test cluster: no token. Outside tests keep token auth on (README).
+           "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
+         f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--include-dashboard=true", "--num-cpus=2", "--disable-usage-stats",
+         f"--temp-dir={temp_dir}"],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    address = f"http://127.0.0.1:{dashboard}"
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            probe = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
+                                   env=env, capture_output=True, text=True)
+            if probe.returncode == 0:
+                break
+            assert head.poll() is None, head.stdout.read()
+            time.sleep(1)
+        else:
+            raise AssertionError("the Ray head did not come up")
+        yield address, env
+    finally:
+        try:
+            os.killpg(head.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            head.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(head.pid, signal.SIGKILL)  # some Ray daemons ignore SIGTERM
+        except ProcessLookupError:
+            pass
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_ray_job_submit_runs_the_ci_meta_training_on_a_head_node(ray_head, tmp_path):
+    address, env = ray_head
+    run_dir = tmp_path / "job-run"  # absolute: the job's working directory is a copy of the repo
+    job = subprocess.run(
+        [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
+         "--", "python", "-m", "leap_rl.cli", "train", "--preset", "ci", "--address", "auto",
+         "--run-dir", str(run_dir)],
+        env=env, capture_output=True, text=True, timeout=400)
+    assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
+    assert "succeeded" in job.stdout.lower()
+    assert "meta-step 2/2" in job.stdout
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert state["version"] == 2
