@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# The experiment of docs/RESULTS.md, resumable: re-running it continues where it stopped.
+#   bash docs/experiment/run.sh            (from the repository root; about 1.5 h on 2 cores)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+leap=.venv/bin/leap-rl
+out=${OUT:-runs/experiment}
+train() {  # name, extra --set arguments...
+  local name=$1; shift
+  if [ -f "$out/$name/checkpoint.pt" ]; then
+    $leap train --resume --run-dir "$out/$name"
+  else
+    $leap train --preset baselines --config docs/experiment/leap.toml "$@" --run-dir "$out/$name"
+  fi
+}
+train leap
+train reptile --set leap.loss=false     # Reptile: energy metric, loss term off (LEAP.md §2)
+resume=()
+[ -d "$out/eval" ] && resume=(--resume)
+$leap evaluate --init leap="$out/leap" --init reptile="$out/reptile" --random \
+  --games seaquest,space_invaders --seeds 3 --env-steps 100000 --out "$out/eval" "${resume[@]}"
