@@ -18,7 +18,7 @@ from leap_rl.models import initial_encoder
 pytestmark = pytest.mark.slow
 
 # The ci preset with tasks long enough (about 5 s each here) to kill something mid-task.
-LONGER = ("--set", "meta.env_steps_per_task=3000", "--set", "meta.segment_every=20")
+LONGER = ("--set", "meta.env_steps_per_task=2000", "--set", "meta.segment_every=20")
 
 
 def phi_of(run_dir: Path) -> torch.Tensor:
