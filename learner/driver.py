@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -113,6 +114,7 @@ def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
     needed = cfg.runtime.workers * cfg.runtime.cpus_per_worker + cfg.runtime.learner_cpus
     ray.init(
         num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
+        object_store_memory=_object_store_bytes(),
         include_dashboard=dashboard,
         dashboard_host="127.0.0.1",
         _node_ip_address="127.0.0.1",
@@ -120,6 +122,18 @@ def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
         log_to_driver=True,
     )
     return True
+
+
+def _object_store_bytes() -> int | None:
+    """Ray's default object store (30 % of RAM) but no more than /dev/shm can hold: in a
+    container /dev/shm is often small, and Ray then falls back to a slower store in /tmp.
+    Leap's traffic is one φ per version and one vector per segment, so this is plenty."""
+    try:
+        shm_free = shutil.disk_usage("/dev/shm").free
+    except OSError:
+        return None
+    ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return max(min(int(0.3 * ram), int(0.8 * shm_free)), 80 * 1024**2)
 
 
 class _Echo:
