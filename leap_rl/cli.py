@@ -51,6 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray address to join (e.g. auto); default: start a local Ray")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (local Ray only)")
 
+    p = sub.add_parser("evaluate", help="compare initializations: fresh agents, same games and seeds")
+    from leap_rl.evaluate import add_arguments as evaluate_arguments
+    evaluate_arguments(p)
+
     p = sub.add_parser("plot", help="plot a run's learning curves to PNG")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
@@ -85,6 +89,9 @@ def _set_threads(threads: int) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "evaluate":
+        from leap_rl.evaluate import run
+        return run(args)
     if args.command == "pool":
         from leap_rl.commands import print_pool
         return print_pool(show_all=args.all)

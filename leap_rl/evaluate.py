@@ -40,11 +40,15 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from leap_rl.config import ConfigError, RunConfig, dumps_toml, merge, parse_override, preset, to_dict
+if TYPE_CHECKING:
+    from leap_rl.config import RunConfig
+
+# leap_rl.config imports torch: it is imported where it is used, so that building the command
+# line's parser (which calls add_arguments) stays fast for every subcommand.
 
 FORMAT = 1
 SPEC_FILE = "evaluation.json"
@@ -58,6 +62,12 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 FEW_SEEDS = 5
 """Below this many seeds per init the report warns that the intervals and p-values are rough."""
 EXACT_PERMUTATIONS = 50_000
+
+
+def _error(message: str) -> Exception:
+    """A ConfigError (one line for the user; the command line makes it exit code 2)."""
+    from leap_rl.config import ConfigError
+    return ConfigError(message)
 
 
 # =============================================================================== arguments
@@ -114,7 +124,7 @@ def parse_init(text: str) -> tuple[str, Path]:
     name, sep, path = text.partition("=")
     if sep and _NAME.match(name):
         if not path:
-            raise ConfigError(f"--init {text!r}: the path after '=' is empty")
+            raise _error(f"--init {text!r}: the path after '=' is empty")
         return name, Path(path)
     path = Path(text)
     stem = path.parent.name if path.name == "checkpoint.pt" else path.name
@@ -129,9 +139,9 @@ def load_init(name: str, path: Path) -> Init:
     from leap_rl.run_dir import CHECKPOINT, CONFIG, METRICS, load_encoder_file
 
     if not path.exists():
-        raise ConfigError(f"--init {name}={str(path)!r} does not exist")
+        raise _error(f"--init {name}={str(path)!r} does not exist")
     if path.is_dir() and not (path / CHECKPOINT).exists():
-        raise ConfigError(f"--init {name}={str(path)!r} holds no {CHECKPOINT} (not a meta-training run?)")
+        raise _error(f"--init {name}={str(path)!r} holds no {CHECKPOINT} (not a meta-training run?)")
     phi = load_encoder_file(path).detach().float().clone()
     file = path / CHECKPOINT if path.is_dir() else path
     run_dir = file.parent
@@ -148,9 +158,12 @@ def load_init(name: str, path: Path) -> Init:
         try:
             data = tomllib.loads(config_text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--init {name}: its run configuration is not valid TOML: {exc}") from None
+            raise _error(f"--init {name}: its run configuration is not valid TOML: {exc}") from None
         model = data.get("model") if isinstance(data.get("model"), dict) else None
-        leap = data.get("leap") if isinstance(data.get("leap"), dict) else None
+        leap = dict(data["leap"]) if isinstance(data.get("leap"), dict) else None
+        meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
+        if leap is not None and "normalize_tasks" in meta:
+            leap["normalize_tasks"] = meta["normalize_tasks"]
     if not (run_dir / METRICS).exists():
         run_dir = None
     return Init(name, str(path), phi, model, leap,
@@ -159,19 +172,20 @@ def load_init(name: str, path: Path) -> Init:
 
 def _load_config(args: argparse.Namespace, model: dict | None) -> RunConfig:
     """Preset, then the init run's model section, then --config, then --set (each validated)."""
+    from leap_rl.config import ConfigError, merge, parse_override, preset
     cfg = preset(args.preset or "baselines")
     if model is not None:
         try:
             cfg = merge(cfg, {"model": model})
         except ConfigError as exc:
-            raise ConfigError(f"the first --init's model section: {exc}") from None
+            raise _error(f"the first --init's model section: {exc}") from None
     if args.config is not None:
         try:
             data = tomllib.loads(Path(args.config).read_text())
         except FileNotFoundError:
-            raise ConfigError(f"--config file {str(args.config)!r} does not exist") from None
+            raise _error(f"--config file {str(args.config)!r} does not exist") from None
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"--config file {str(args.config)!r} is not valid TOML: {exc}") from None
+            raise _error(f"--config file {str(args.config)!r} is not valid TOML: {exc}") from None
         cfg = merge(cfg, data)
     for text in args.overrides:
         cfg = merge(cfg, parse_override(text))
@@ -191,11 +205,21 @@ class Plan:
 
     @property
     def config_sha(self) -> str:
-        return hashlib.sha256(dumps_toml(self.cfg).encode()).hexdigest()[:16]
+        return hashlib.sha256(json.dumps(defining_settings(self.cfg), sort_keys=True).encode()).hexdigest()[:16]
 
     def jobs(self) -> list[tuple[str, Init, int]]:
         """Seed-major order, so an interrupted evaluation has every init at the same seeds."""
         return [(game, init, i) for i in range(len(self.seeds)) for game in self.games for init in self.inits]
+
+
+def defining_settings(cfg: RunConfig) -> dict:
+    """The settings that change what an evaluation agent does or reports: everything but the
+    meta section (meta-training only) and the runtime's resources (threads, device, workers)."""
+    from leap_rl.config import to_dict
+    data = to_dict(cfg)
+    del data["meta"]
+    data["runtime"] = {k: data["runtime"][k] for k in ("log_every", "dead_unit_probe")}
+    return data
 
 
 def evaluation_seeds(base: int, count: int) -> tuple[int, ...]:
@@ -209,28 +233,28 @@ def build_plan(args: argparse.Namespace) -> Plan:
     from leap_rl.models import encoder_size
 
     if args.env_steps is None or args.env_steps <= 0:
-        raise ConfigError(f"--env-steps must be a positive integer, got {args.env_steps}")
+        raise _error(f"--env-steps must be a positive integer, got {args.env_steps}")
     if args.seeds is None or args.seeds < 1:
-        raise ConfigError(f"--seeds must be an integer ≥ 1, got {args.seeds}")
+        raise _error(f"--seeds must be an integer ≥ 1, got {args.seeds}")
     if args.points < 2:
-        raise ConfigError(f"--points must be an integer ≥ 2, got {args.points}")
+        raise _error(f"--points must be an integer ≥ 2, got {args.points}")
     if args.jobs < 1:
-        raise ConfigError(f"--jobs must be an integer ≥ 1, got {args.jobs}")
+        raise _error(f"--jobs must be an integer ≥ 1, got {args.jobs}")
     names = [g for g in (s.strip() for s in args.games.split(",")) if g]
     if not names:
-        raise ConfigError(f"--games must name at least one game, got {args.games!r}")
+        raise _error(f"--games must name at least one game, got {args.games!r}")
     games = tuple(dict.fromkeys(normalize_game(g) for g in names))
 
     specs = [parse_init(text) for text in args.inits]
     if not specs and not args.random:
-        raise ConfigError("nothing to evaluate: give --init NAME=RUN_DIR and/or --random")
+        raise _error("nothing to evaluate: give --init NAME=RUN_DIR and/or --random")
     seen: set[str] = set()
     for name, _path in specs + ([(RANDOM, None)] if args.random else []):
         if "__" in name or not _NAME.match(name):
-            raise ConfigError(f"--init name {name!r} must be letters, digits, '_', '.', '+', '-' "
+            raise _error(f"--init name {name!r} must be letters, digits, '_', '.', '+', '-' "
                               "(no '__')")
         if name in seen:
-            raise ConfigError(f"--init name {name!r} is used twice"
+            raise _error(f"--init name {name!r} is used twice"
                               + (" (--random is named 'random')" if name == RANDOM else ""))
         seen.add(name)
     inits = [load_init(name, path) for name, path in specs]
@@ -239,7 +263,7 @@ def build_plan(args: argparse.Namespace) -> Plan:
     n = encoder_size(cfg.model)
     for init in inits:
         if init.phi.numel() != n:
-            raise ConfigError(
+            raise _error(
                 f"--init {init.name}: φ has {init.phi.numel()} parameters, but model.network="
                 f"{cfg.model.network!r} with model.encoder_includes_fc={cfg.model.encoder_includes_fc} "
                 f"needs {n}; set the model that run was trained with (--set model.network=...)")
@@ -281,8 +305,8 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def _dump(obj: Any) -> str:
-    return json.dumps(_jsonable(obj), indent=1) + "\n"
+def _dump(obj: Any, indent: int | None = 1) -> str:
+    return json.dumps(_jsonable(obj), indent=indent) + "\n"
 
 
 def run_file(out: Path, game: str, init: str, seed_index: int) -> Path:
@@ -291,6 +315,15 @@ def run_file(out: Path, game: str, init: str, seed_index: int) -> Path:
 
 def _phi_sha(phi) -> str:
     return hashlib.sha256(phi.detach().cpu().contiguous().numpy().tobytes()).hexdigest()[:16]
+
+
+def phi_key(plan: Plan, init: Init, seed_index: int) -> str:
+    """What identifies an init's φ in a run file: the hash of a loaded φ; for the random
+    baseline its recipe (the orthogonal init's QR is not bit-identical across thread counts or
+    BLAS builds, and the model section is already in the config hash)."""
+    if init.phi is None:
+        return f"initial_encoder(seed={plan.seeds[seed_index]})"
+    return _phi_sha(init.phi)
 
 
 def phi_for(plan: Plan, init: Init, seed_index: int):
@@ -302,36 +335,38 @@ def phi_for(plan: Plan, init: Init, seed_index: int):
 
 def prepare_out(plan: Plan, resume: bool) -> None:
     """Create OUT (refusing one that holds an evaluation unless --resume), write the spec."""
+    from leap_rl.config import dumps_toml, to_dict
     out = plan.out
     spec_path = out / SPEC_FILE
     if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a directory")
+        raise _error(f"--out {str(out)!r} exists and is not a directory")
     holds = out.is_dir() and any((out / p).exists() for p in (SPEC_FILE, RESULTS_JSON, RUNS))
     if resume:
         if not spec_path.exists():
-            raise ConfigError(f"--resume: {str(out)!r} holds no evaluation (no {SPEC_FILE})")
+            raise _error(f"--resume: {str(out)!r} holds no evaluation (no {SPEC_FILE})")
         try:
             saved = json.loads(spec_path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"--resume: {str(spec_path)!r} is unreadable: {exc}") from None
+            raise _error(f"--resume: {str(spec_path)!r} is unreadable: {exc}") from None
         if saved.get("config_sha") != plan.config_sha or saved.get("env_steps") != plan.env_steps:
-            what = _config_difference(saved.get("config", {}), to_dict(plan.cfg))
+            what = _config_difference(saved.get("settings", {}), defining_settings(plan.cfg))
             if saved.get("env_steps") != plan.env_steps:
                 what = f"--env-steps {saved.get('env_steps')} vs {plan.env_steps}"
-            raise ConfigError(f"--resume: the evaluation in {str(out)!r} was made with other settings "
+            raise _error(f"--resume: the evaluation in {str(out)!r} was made with other settings "
                               f"({what}); use the same ones or a new --out")
     elif holds:
-        raise ConfigError(f"--out {str(out)!r} already holds an evaluation; "
+        raise _error(f"--out {str(out)!r} already holds an evaluation; "
                           "use --resume to continue it or choose a new directory")
     try:
         (out / RUNS).mkdir(parents=True, exist_ok=True)
         probe = tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-", delete=True)
         probe.close()
     except OSError as exc:
-        raise ConfigError(f"--out {str(out)!r} is not writable: {exc.strerror}") from None
+        raise _error(f"--out {str(out)!r} is not writable: {exc.strerror}") from None
     _atomic_write(out / "config.toml", dumps_toml(plan.cfg))
     _atomic_write(spec_path, _dump({
-        "format": FORMAT, "config_sha": plan.config_sha, "config": to_dict(plan.cfg),
+        "format": FORMAT, "config_sha": plan.config_sha, "settings": defining_settings(plan.cfg),
+        "config": to_dict(plan.cfg),
         "env_steps": plan.env_steps, "games": plan.games, "seeds": plan.seeds,
         "inits": {i.name: i.source for i in plan.inits}, "command": sys.argv,
     }))
@@ -362,10 +397,10 @@ def check_existing(plan: Plan, phi_shas: dict[tuple[str, int], str]) -> set[tupl
             continue  # unreadable: train it again (files are written atomically, so this is rare)
         if row.get("config_sha") != plan.config_sha or row.get("env_steps") != plan.env_steps \
                 or row.get("seed") != plan.seeds[i]:
-            raise ConfigError(f"--resume: {str(path)!r} was trained with other settings; "
+            raise _error(f"--resume: {str(path)!r} was trained with other settings; "
                               "use a new --out or delete that file")
         if row.get("phi_sha") != phi_shas[(init.name, i)]:
-            raise ConfigError(f"--resume: {str(path)!r} was trained from another φ than --init "
+            raise _error(f"--resume: {str(path)!r} was trained from another φ than --init "
                               f"{init.name}={init.source}; use a new --out or another name")
         done.add((game, init.name, i))
     return done
@@ -408,15 +443,18 @@ def _train_one(cfg_toml: str, job: dict, phi, out_file: str, echo_every: int) ->
         "episode_returns": list(result.episode_returns), "diverged": result.diverged,
         "seconds": result.seconds, "path_length": result.path_length,
     }
-    _atomic_write(Path(out_file), _dump(row))
+    _atomic_write(Path(out_file), _dump(row, indent=None))
     return row
 
 
 def train_all(plan: Plan, jobs: int, resume: bool, echo=print) -> None:
     import torch
 
+    from leap_rl.config import dumps_toml
+
+    torch.set_num_threads(plan.cfg.runtime.torch_threads)
     phis = {(init.name, i): phi_for(plan, init, i) for init in plan.inits for i in range(len(plan.seeds))}
-    shas = {key: _phi_sha(phi) for key, phi in phis.items()}
+    shas = {(init.name, i): phi_key(plan, init, i) for init in plan.inits for i in range(len(plan.seeds))}
     done = check_existing(plan, shas) if resume else set()
     todo = [(g, init, i) for g, init, i in plan.jobs() if (g, init.name, i) not in done]
     total = len(plan.jobs())
@@ -439,7 +477,6 @@ def train_all(plan: Plan, jobs: int, resume: bool, echo=print) -> None:
              + (" — DIVERGED" if row["diverged"] else ""))
 
     if jobs == 1 or len(todo) <= 1:
-        torch.set_num_threads(plan.cfg.runtime.torch_threads)
         for k, (game, init, i) in enumerate(todo, 1):
             echo(f"[{k}/{len(todo)}] training {game} × {init.name} × seed {i} ({plan.env_steps} env steps)")
             report(k, _train_one(cfg_toml, job_of(game, init, i), phis[(init.name, i)],
@@ -603,12 +640,13 @@ def describe_estimator(leap: dict | None) -> str:
     if not leap:
         return "—"
     metric, loss, stab = leap.get("metric"), leap.get("loss"), leap.get("stabilizer")
+    normalized = ", tasks normalized" if leap.get("normalize_tasks") else ""
     if metric == "energy" and loss is False:
-        return "Reptile (energy, no loss term)"
+        return f"Reptile (energy, no loss term{normalized})"
     parts = [str(metric), "loss" if loss else "no loss"]
     if loss:
         parts.append("stabilizer" if stab else "no stabilizer")
-    return "Leap (" + ", ".join(parts) + ")"
+    return "Leap (" + ", ".join(parts) + normalized + ")"
 
 
 def init_info(plan: Plan) -> dict[str, dict]:
@@ -633,6 +671,7 @@ def init_info(plan: Plan) -> dict[str, dict]:
 
 def analyse(plan: Plan) -> dict:
     """results.json from the run files of this plan."""
+    from leap_rl.config import to_dict
     games: dict[str, dict] = {}
     names = [i.name for i in plan.inits]
     for game in plan.games:
@@ -739,7 +778,8 @@ def markdown(results: dict) -> str:
              f"{results['config']['env']['num_envs']} envs, A2C lr {results['config']['a2c']['lr']}, "
              f"seed {results['config']['seed']} (config.toml has all settings).",
              "", "## Initializations", "",
-             "| init | source | φ version | estimator | dead units (probe) | meta path length first → last |",
+             f"| init | source | φ version | estimator | dead units ({results['config']['runtime']['dead_unit_probe']} "
+             "probe frames of these games) | meta path length first → last |",
              "|---|---|---|---|---|---|"]
     for name in results["inits"]:
         i = inits[name]
@@ -791,9 +831,10 @@ def plot_curves(results: dict, path: Path) -> None:
         for k, name in enumerate(results["inits"]):
             c = g["inits"][name]["curve"]
             mean = np.asarray(c["mean"], float)
-            ax.plot(xs, mean, color=f"C{k}", label=f"{name} (n={len(results['seeds'])})")
+            ax.plot(xs, mean, color=f"C{k}", linestyle=("-", "--", "-.", ":")[k % 4],
+                    label=f"{name} (n={len(results['seeds'])})")
             ax.fill_between(xs, np.asarray(c["min"], float), np.asarray(c["max"], float),
-                            color=f"C{k}", alpha=0.2, linewidth=0)
+                            color=f"C{k}", alpha=0.15, linewidth=0)
         ax.set_title(game)
         ax.set_xlabel("env steps (agent steps; frames = frame skip ×)")
         ax.set_ylabel("score, last 100 games (mean; band min–max)")
@@ -821,7 +862,9 @@ def plot_meta(results: dict, path: Path) -> bool:
                             for c in curve], marker="o", color=f"C{k}", label=name)
     axes[0][0].set_ylabel("mean path length Σw of the meta-training tasks")
     axes[0][1].set_ylabel("dead encoder units on the run's probe (%)")
+    from matplotlib.ticker import MaxNLocator
     for ax in axes[0]:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("meta-step (version of φ)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
@@ -849,8 +892,11 @@ def write_report(plan: Plan, echo=print) -> dict:
 
 def run(args: argparse.Namespace) -> int:
     """``leap-rl evaluate``: ConfigError for bad input (the CLI makes it exit code 2)."""
+    import torch
+
     start = time.perf_counter()
     plan = build_plan(args)
+    torch.set_num_threads(plan.cfg.runtime.torch_threads)  # before any φ is made (see phi_key)
     prepare_out(plan, args.resume)
     print(f"evaluating {len(plan.inits)} init(s) ({', '.join(i.name for i in plan.inits)}) on "
           f"{', '.join(plan.games)}, {len(plan.seeds)} seed(s), {plan.env_steps} env steps each, "
@@ -865,6 +911,7 @@ def run(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m leap_rl.evaluate`` (the same as ``leap-rl evaluate``)."""
     from leap_rl.cli import _Parser
+    from leap_rl.config import ConfigError
     parser = _Parser(prog="leap-rl evaluate")
     add_arguments(parser)
     args = parser.parse_args(argv)

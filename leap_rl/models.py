@@ -98,10 +98,18 @@ def encoder_size(cfg: ModelConfig) -> int:
 
 
 def initial_encoder(cfg: ModelConfig, seed: int) -> torch.Tensor:
-    """A random initialisation φ_0 of the encoder (the same seed gives the same φ_0)."""
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        return ActorCritic(cfg, num_actions=1).encoder_flat.clone()
+    """A random initialisation φ_0 of the encoder (the same seed gives the same φ_0).
+
+    Built with one thread: the orthogonal init's QR gives other bits with other thread counts.
+    """
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return ActorCritic(cfg, num_actions=1).encoder_flat.clone()
+    finally:
+        torch.set_num_threads(threads)
 
 
 @torch.no_grad()
