@@ -18,4 +18,4 @@ train reptile --set leap.loss=false     # Reptile: energy metric, loss term off 
 resume=()
 [ -d "$out/eval" ] && resume=(--resume)
 $leap evaluate --init leap="$out/leap" --init reptile="$out/reptile" --random \
-  --games seaquest,space_invaders --seeds 3 --env-steps 100000 --out "$out/eval" "${resume[@]}"
+  --games seaquest,space_invaders --seeds 3 --env-steps 100000 --jobs 2 --out "$out/eval" "${resume[@]}"
