@@ -22,6 +22,7 @@ a task equals the unsegmented result.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Iterable, Literal, Sequence
 
@@ -113,12 +114,9 @@ class PathAccumulator:
         self._zero_stats()
 
     def _zero_stats(self) -> None:
-        # Statistics stay on the device as float64 scalars: reading them back every step
-        # would synchronise a GPU once per update.
-        device = self._param_part.device
         self._increments = 0
-        self._path_length = torch.zeros((), dtype=torch.float64, device=device)
-        self._step_norm_sum = torch.zeros((), dtype=torch.float64, device=device)
+        self._path_length = 0.0
+        self._step_norm_sum = 0.0
         self._abs_loss_change_sum = 0.0
 
     def observe(self, loss: float, params: torch.Tensor, grad: torch.Tensor) -> None:
@@ -148,18 +146,13 @@ class PathAccumulator:
             loss_term = -abs(delta_loss)
         else:
             loss_term = delta_loss
-        step_norm = torch.linalg.vector_norm(delta_theta)
-        length = torch.sqrt(step_norm * step_norm + loss_term * loss_term)
+        step_norm = float(torch.linalg.vector_norm(delta_theta))
+        length = math.sqrt(loss_term * loss_term + step_norm * step_norm)
+        weight = 1.0 if cfg.metric == "energy" else max(length, cfg.eps)
 
-        if cfg.metric == "energy":  # w_i = 1
-            self._param_part.add_(delta_theta)
-            if loss_term != 0.0:
-                self._loss_part.add_(self._prev_grad, alpha=loss_term)
-        else:  # w_i = length, kept on the device
-            inv_weight = length.clamp_min(cfg.eps).reciprocal()
-            self._param_part.addcmul_(delta_theta, inv_weight)
-            if loss_term != 0.0:
-                self._loss_part.addcmul_(self._prev_grad, inv_weight * loss_term)
+        self._param_part.add_(delta_theta, alpha=1.0 / weight)
+        if loss_term != 0.0:
+            self._loss_part.add_(self._prev_grad, alpha=loss_term / weight)
 
         self._increments += 1
         self._path_length += length
@@ -180,8 +173,8 @@ class PathAccumulator:
         """Statistics of the increments accumulated since the last flush."""
         return PathStats(
             increments=self._increments,
-            path_length=float(self._path_length),
-            step_norm_sum=float(self._step_norm_sum),
+            path_length=self._path_length,
+            step_norm_sum=self._step_norm_sum,
             abs_loss_change_sum=self._abs_loss_change_sum,
             param_part_norm=float(torch.linalg.vector_norm(self._param_part)),
             loss_part_norm=float(torch.linalg.vector_norm(self._loss_part)),
