@@ -55,6 +55,10 @@ def build_parser() -> argparse.ArgumentParser:
     from leap_rl.evaluate import add_arguments as evaluate_arguments
     evaluate_arguments(p)
 
+    p = sub.add_parser("bench", help="measure speed: limits, the A2C loop, Leap's overhead, Ray workers, the learner")
+    from leap_rl.bench import add_arguments as bench_arguments
+    bench_arguments(p)
+
     p = sub.add_parser("plot", help="plot a run's learning curves to PNG")
     p.add_argument("run_dir", type=Path)
     p.add_argument("--out", type=Path, help="PNG path (default: RUN_DIR/curves.png)")
@@ -92,6 +96,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from leap_rl.evaluate import run
         return run(args)
+    if args.command == "bench":
+        from leap_rl.bench import run as run_bench
+        return run_bench(args)
     if args.command == "pool":
         from leap_rl.commands import print_pool
         return print_pool(show_all=args.all)

@@ -1,0 +1,90 @@
+"""``leap-rl bench`` on a tiny budget: every measurement runs, the table and the JSON are complete."""
+
+import argparse
+import json
+import math
+import sys
+
+import pytest
+
+from leap_rl import bench
+
+
+def positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_serial_limit_adds_the_times_per_env_step():
+    # 1000 steps/s of env + 1000 of acting + 2000 of updates: 1 + 1 + 0.5 ms per step
+    assert bench.serial_limit(1000.0, 1000.0, 2000.0) == pytest.approx(400.0)
+
+
+def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--game", "pong", "--preset", "ci", "--seconds", "0.05",
+                              "--no-ray", "--json", str(out)])
+    assert bench.run(args) == 0
+    table = capsys.readouterr().out
+    for text in ("env stepping alone", "acting alone", "update alone", "limit 1/(1/env",
+                 "single-worker loop", "Leap per update", "mnih2013", "nature", "learner ingest"):
+        assert text in table, text
+
+    res = json.loads(out.read_text())
+    assert res["setup"]["game"] == "pong" and res["setup"]["network"] == "mnih2013"
+    assert res["machine"]["torch_threads"] == 1
+    for clock in ("env_steps_per_s", "env_steps_per_cpu_s"):
+        rates = res["limits"][clock]
+        assert set(rates) == {"env", "act", "update", "limit"}
+        assert all(positive(v) for v in rates.values())
+        # the limit is below each of its parts
+        assert rates["limit"] < min(rates["env"], rates["act"], rates["update"])
+    loop = res["loop"]
+    for key in ("env_steps_per_s", "env_steps_per_cpu_s", "fraction_of_limit",
+                "fraction_of_limit_cpu", "whole_call_env_steps_per_s"):
+        assert positive(loop[key]), key
+    assert positive(res["task_setup"]["make_vec_env_s"])
+    assert set(res["leap_overhead"]) == {"mnih2013", "nature"}
+    for row in res["leap_overhead"].values():
+        for key in ("update_ms", "leap_ms", "fraction", "old_gather_ms", "old_fraction"):
+            assert positive(row[key]), key
+        assert row["old_fraction"] > row["fraction"]
+    assert res["leap_overhead"]["mnih2013"]["encoder_params"] == 676_144
+    for row in res["ingest"].values():
+        assert positive(row["plain_segments_per_s"])
+        assert "ray_segments_per_s" not in row  # --no-ray
+    assert positive(res["ingest"]["mnih2013"]["workers_fed_at_preset_interval"])
+    assert "ray" not in res and "sb3" not in res
+
+
+def test_bench_rejects_bad_options():
+    from leap_rl.config import ConfigError
+
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(ConfigError, match="--seconds"):
+        bench.run(parser.parse_args(["--seconds", "0"]))
+    with pytest.raises(ConfigError, match="--workers-max"):
+        bench.run(parser.parse_args(["--workers-max", "0"]))
+
+
+@pytest.mark.slow
+def test_ray_measurements_on_a_tiny_budget():
+    """One and two Ray workers and the LearnerActor's ingest (a local Ray on loopback)."""
+    opts = bench.BenchOptions(game="pong", seconds=0.05, preset="ci", workers_max=2)
+    started = bench._start_ray(2)
+    try:
+        cfg = bench.load("ci")
+        rows = [bench.bench_ray_workers(cfg, "pong", w, 80) for w in (1, 2)]
+        assert [r["workers"] for r in rows] == [1, 2]
+        assert [r["env_steps"] for r in rows] == [80, 160]
+        assert all(positive(r["env_steps_per_s"]) and positive(r["busy_env_steps_per_s"]) for r in rows)
+        if sys.platform.startswith("linux"):  # read from /proc
+            assert all(positive(r["worker_cores_used"]) for r in rows)
+        timing = bench.bench_ingest_ray(cfg, "mnih2013", opts.seconds, window=2)
+        assert timing.iters >= 3 and positive(timing.rate(1))
+    finally:
+        if started:
+            import ray
+            ray.shutdown()
