@@ -157,6 +157,48 @@ class _Echo:
             self.bar.close()
 
 
+@dataclass
+class _Session:
+    """Everything one `leap-rl train` on Ray works with, and the counters its checkpoints keep."""
+
+    cfg: RunConfig
+    games: tuple[str, ...]
+    learner: ray.actor.ActorHandle
+    workers: _Workers
+    run: RunDir
+    probe: torch.Tensor
+    echo: _Echo
+    env_steps_total: int = 0
+    elapsed: float = 0.0
+    rejections_logged: int = 0
+
+    def log_task(self, version: int, result: TaskResult) -> None:
+        self.run.log({"event": "task_done", "version": version, "init_version": result.init_version,
+                      "task_id": result.task_id, "game": result.game, "env_steps": result.env_steps,
+                      "final_return_mean": result.final_return_mean,
+                      "path_length": result.path_length, "seconds": result.seconds})
+
+    def is_dropped(self, task_id: str) -> bool:
+        return ray.get(self.learner.is_dropped.remote(task_id))
+
+    def finish_meta_step(self, task_ids: list[str], results: list[TaskResult], seconds: float) -> None:
+        """Step φ with the given tasks, then log, checkpoint and print the meta-step."""
+        update = ray.get(self.learner.step.remote(task_ids))
+        self.env_steps_total += sum(r.env_steps for r in results)
+        self.elapsed += seconds
+        state = ray.get(self.learner.state_dict.remote())
+        row = meta_step_row(update, results, encoder_dead_fraction(self.cfg, state["phi"], self.probe),
+                            self.env_steps_total, seconds, self.elapsed)
+        self.run.log(row)
+        self.run.save_checkpoint(checkpoint_state(self.cfg, state, self.env_steps_total, self.elapsed))
+        for rejection in ray.get(self.learner.rejections.remote(self.rejections_logged)):
+            self.run.log({"event": "rejected_segment", **rejection.__dict__})
+            print(f"rejected a segment of {rejection.task_id} ({rejection.game}): {rejection.reason}",
+                  file=sys.stderr, flush=True)
+            self.rejections_logged += 1
+        self.echo(format_meta_step(row, self.cfg.meta.meta_steps))
+
+
 def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: str | None = None,
                   dashboard: bool = False) -> int:
     resume = run is not None
@@ -169,23 +211,22 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
         learner = LearnerActor.options(num_cpus=cfg.runtime.learner_cpus,
                                        num_gpus=cfg.runtime.learner_gpus).remote(
             initial_encoder(cfg.model, cfg.seed), cfg.meta, cfg.runtime.torch_threads)
-        progress = {"env_steps_total": 0, "elapsed": 0.0}
         if state is not None:
             ray.get(learner.load_state_dict.remote(state["learner"]))
             torch.set_rng_state(state["torch_rng"])
-            progress = {"env_steps_total": state["env_steps_total"], "elapsed": state["elapsed"]}
         version = ray.get(learner.version.remote())
         run.log({"event": "start", "mode": cfg.meta.mode, "resume": resume, "version": version,
                  "workers": cfg.runtime.workers, "games": list(games)})
-        probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
-        workers = _Workers(cfg, learner, run)
-        echo = _Echo(cfg.meta.meta_steps, version)
-        loop = _sync_loop if cfg.meta.mode == "sync" else _async_loop
+        session = _Session(cfg, games, learner, _Workers(cfg, learner, run), run,
+                           probe_batch(cfg, games, cfg.runtime.dead_unit_probe),
+                           _Echo(cfg.meta.meta_steps, version))
+        if state is not None:
+            session.env_steps_total, session.elapsed = state["env_steps_total"], state["elapsed"]
         try:
-            loop(cfg, games, learner, workers, run, probe, progress, echo)
+            (_sync_loop if cfg.meta.mode == "sync" else _async_loop)(session)
         finally:
-            echo.close()
-            workers.stop()
+            session.echo.close()
+            session.workers.stop()
         run.close()
         print(f"done: φ at version {cfg.meta.meta_steps}; checkpoint in {run.path}/checkpoint.pt")
         return 0
@@ -194,30 +235,14 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
             ray.shutdown()
 
 
-def _finish_meta_step(cfg, learner, run, probe, progress, echo, task_ids, results, seconds) -> None:
-    update = ray.get(learner.step.remote(task_ids))
-    progress["env_steps_total"] += sum(r.env_steps for r in results)
-    progress["elapsed"] += seconds
-    state = ray.get(learner.state_dict.remote())
-    row = meta_step_row(update, results, encoder_dead_fraction(cfg, state["phi"], probe),
-                        progress["env_steps_total"], seconds, progress["elapsed"])
-    run.log(row)
-    run.save_checkpoint(checkpoint_state(cfg, state, progress["env_steps_total"], progress["elapsed"]))
-    for rejection in ray.get(learner.rejections.remote(progress.get("rejections_logged", 0))):
-        run.log({"event": "rejected_segment", **rejection.__dict__})
-        echo_line = f"rejected a segment of {rejection.task_id} ({rejection.game}): {rejection.reason}"
-        print(echo_line, file=sys.stderr, flush=True)
-        progress["rejections_logged"] = progress.get("rejections_logged", 0) + 1
-    echo(format_meta_step(row, cfg.meta.meta_steps))
-
-
-def _sync_loop(cfg, games, learner, workers: _Workers, run, probe, progress, echo) -> None:
+def _sync_loop(s: _Session) -> None:
+    cfg, workers = s.cfg, s.workers
     while True:
-        version, phi_ref = ray.get(learner.current.remote())
+        version, phi_ref = ray.get(s.learner.current.remote())
         if version >= cfg.meta.meta_steps:
             return
         start = time.perf_counter()
-        queue = [(spec, 0) for spec in plan_tasks(cfg, games, version)]
+        queue = [(spec, 0) for spec in plan_tasks(cfg, s.games, version)]
         results: dict[str, TaskResult] = {}
         while queue or workers.running:
             while queue and workers.free:
@@ -226,46 +251,40 @@ def _sync_loop(cfg, games, learner, workers: _Workers, run, probe, progress, ech
             done, failed = workers.wait()
             for job, result in done:
                 results[job.spec.task_id] = result
-                run.log({"event": "task_done", "version": version, "task_id": result.task_id,
-                         "game": result.game, "env_steps": result.env_steps,
-                         "final_return_mean": result.final_return_mean,
-                         "path_length": result.path_length, "seconds": result.seconds})
+                s.log_task(version, result)
             for job in failed:
-                ray.get(learner.discard_task.remote(job.spec.task_id))
+                ray.get(s.learner.discard_task.remote(job.spec.task_id))
                 if job.attempt + 1 > MAX_RETRIES:
                     raise RuntimeError(f"task {job.spec.task_id} ({job.spec.game}) failed {MAX_RETRIES + 1} times")
                 retry = dataclasses.replace(job.spec, task_id=retry_id(job.spec.task_id, job.attempt + 1))
                 queue.append((retry, job.attempt + 1))
-        kept = [t for t in sorted(results) if not ray.get(learner.is_dropped.remote(t))]
-        _finish_meta_step(cfg, learner, run, probe, progress, echo, kept,
-                          list(results.values()), time.perf_counter() - start)
+        kept = [t for t in sorted(results) if not s.is_dropped(t)]
+        s.finish_meta_step(kept, list(results.values()), time.perf_counter() - start)
 
 
-def _async_loop(cfg, games, learner, workers: _Workers, run, probe, progress, echo) -> None:
-    version, phi_ref = ray.get(learner.current.remote())
-    ticket = version * cfg.meta.tasks_per_step  # resumes continue the ticket sequence
+def _async_loop(s: _Session) -> None:
+    cfg, workers = s.cfg, s.workers
+    version, phi_ref = ray.get(s.learner.current.remote())
+    ticket = version * cfg.meta.tasks_per_step  # a resume continues the sequence of games and seeds
     waiting: dict[str, TaskResult] = {}
     start = time.perf_counter()
     while version < cfg.meta.meta_steps:
         while workers.free:
-            game = sample_games(games, 1, cfg.seed, ticket)[0]
+            game = sample_games(s.games, 1, cfg.seed, ticket)[0]
             spec = TaskSpec(f"a{ticket:06d}", game, version, derived_seed(cfg.seed, ticket, 1),
                             cfg.meta.env_steps_per_task)
             workers.submit(spec, phi_ref)
             ticket += 1
         done, failed = workers.wait()
         for job in failed:
-            ray.get(learner.discard_task.remote(job.spec.task_id))  # replaced by a fresh ticket
+            ray.get(s.learner.discard_task.remote(job.spec.task_id))  # replaced by a fresh ticket
         for job, result in done:
-            run.log({"event": "task_done", "version": version, "init_version": result.init_version,
-                     "task_id": result.task_id, "game": result.game, "env_steps": result.env_steps,
-                     "final_return_mean": result.final_return_mean, "path_length": result.path_length})
-            if not ray.get(learner.is_dropped.remote(result.task_id)):
+            s.log_task(version, result)
+            if not s.is_dropped(result.task_id):
                 waiting[result.task_id] = result
         if len(waiting) >= cfg.meta.tasks_per_step:
             ids = sorted(waiting)
-            _finish_meta_step(cfg, learner, run, probe, progress, echo, ids,
-                              [waiting[t] for t in ids], time.perf_counter() - start)
+            s.finish_meta_step(ids, [waiting[t] for t in ids], time.perf_counter() - start)
             waiting.clear()
             start = time.perf_counter()
-            version, phi_ref = ray.get(learner.current.remote())
+            version, phi_ref = ray.get(s.learner.current.remote())
