@@ -9,8 +9,9 @@ What is measured (docs/BENCH.md explains each number and shows a table from a 2-
 - the single-worker A2C loop (``TaskRunner.run``) as a fraction of the limit those imply. One
   worker does the three things one after the other on one core, so per env step the times add
   up: limit = 1 / (1/env + 1/act + 1/update) env steps/s;
-- Leap's cost per update (``PathAccumulator.observe`` and the encoder gradient gather) against
-  the update it rides on, for the paper's network (mnih2013) and the Nature network;
+- Leap's cost per update (``PathAccumulator.observe``; for comparison also the gradient copy
+  ``model.encoder_grad_into`` that the loop no longer makes) against the update it rides on,
+  for the paper's network (mnih2013) and the Nature network;
 - total env steps/s with 1..``--workers-max`` Ray workers on a local Ray, and the scaling
   efficiency rate_w / (w · rate_1);
 - the learner's ingest rate (segments/s) for an encoder's segment, in process and through the
@@ -306,7 +307,8 @@ def bench_ingest_plain(cfg: RunConfig, network: str, seconds: float) -> Timing:
 
     def step() -> None:
         nonlocal i
-        assert learner.add_segment(dataclasses.replace(template, index=i, env_steps=i))
+        if not learner.add_segment(dataclasses.replace(template, index=i, env_steps=i)):
+            raise RuntimeError(f"the learner refused segment {i}: {learner.rejections[-1:]}")
         i += 1
 
     return _repeat(step, seconds)
@@ -334,12 +336,14 @@ def bench_ingest_ray(cfg: RunConfig, network: str, seconds: float, window: int =
             i += 1
             while len(in_flight) >= window:
                 ready, rest = ray.wait(in_flight, num_returns=1)
-                assert ray.get(ready[0])
+                if not ray.get(ready[0]):
+                    raise RuntimeError("the LearnerActor refused a segment")
                 in_flight[:] = rest
 
         timing = _repeat(step, seconds, warmup=window)
         w0, c0 = _clocks()
-        assert all(ray.get(in_flight))  # the ones still in flight count too
+        if not all(ray.get(in_flight)):  # the ones still in flight count too
+            raise RuntimeError("the LearnerActor refused a segment")
         w1, c1 = _clocks()
         return Timing(timing.iters, timing.wall + (w1 - w0), timing.cpu + (c1 - c0))
     finally:
@@ -551,6 +555,7 @@ def machine_info() -> dict:
 
 def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
     """Every measurement; returns the nested dict that ``--json`` writes."""
+    torch.set_num_threads(opts.torch_threads)  # deliberately: oversubscription costs 5-10x
     cfg = load(opts.preset, None, opts.overrides)
     game = normalize_game(opts.game)
     secs, T, N = opts.seconds, cfg.a2c.unroll, cfg.env.num_envs
@@ -813,8 +818,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting of the preset (repeatable)")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="interleaved repetitions of the single-process measurements; "
-                             "medians are reported (default: %(default)s)")
+                        help="interleaved repetitions of the measurements (all but the learner's "
+                             "ingest and the task setup); medians are reported (default: %(default)s)")
     parser.add_argument("--workers-max", type=int, default=2,
                         help="Ray runs with 1..N workers (default: %(default)s)")
     parser.add_argument("--no-ray", dest="ray", action="store_false", help="skip the Ray measurements")
