@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Literal, Sequence
+from typing import Literal, Sequence
 
 import torch
 
@@ -208,7 +208,3 @@ def normalized(vector: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
     """Scale a task's vector to unit norm so that no single task steers φ (optional, LEAP.md §7)."""
     return vector / torch.linalg.vector_norm(vector).clamp_min(eps)
 
-
-def flatten(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Concatenate tensors into one new 1-D tensor (for tests and one-off copies)."""
-    return torch.cat([t.reshape(-1) for t in tensors])
