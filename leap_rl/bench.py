@@ -109,7 +109,8 @@ def serial_limit(*rates: float) -> float:
 
 def bench_env(cfg: RunConfig, game: str, seconds: float) -> Timing:
     """AtariVectorEnv alone (training's preprocessing and thread count), uniform random actions."""
-    env = make_vec_env(game, cfg.env, seed=cfg.seed)
+    env = make_vec_env(game, cfg.env)
+    env.reset(seed=cfg.seed)
     try:
         rng = np.random.default_rng(cfg.seed)
         actions = rng.integers(0, num_actions(game, cfg.env.full_action_space),
@@ -128,7 +129,7 @@ def bench_env(cfg: RunConfig, game: str, seconds: float) -> Timing:
 
 def _sample_frames(cfg: RunConfig, game: str, steps: int) -> torch.Tensor:
     """(steps + 1, num_envs, 4, 84, 84) uint8 real frames from random play."""
-    env = make_vec_env(game, cfg.env, seed=cfg.seed)
+    env = make_vec_env(game, cfg.env)
     try:
         rng = np.random.default_rng(cfg.seed + 1)
         n = num_actions(game, cfg.env.full_action_space)
@@ -272,10 +273,10 @@ def bench_loop(cfg: RunConfig, game: str, env_steps: int, seed: int | None = Non
 
 
 def bench_env_setup(cfg: RunConfig, game: str) -> dict:
-    """What every task pays before its first step: ``make_vec_env`` (construction + a seeded
-    reset) and the seeded reset that ``TaskRunner.run`` does again to get the first frames."""
+    """What every task pays before its first step: ``make_vec_env`` (construction) and the
+    seeded reset that ``TaskRunner.run`` does to get the first frames."""
     a = _clocks()
-    env = make_vec_env(game, cfg.env, seed=cfg.seed)
+    env = make_vec_env(game, cfg.env)
     b = _clocks()
     env.reset(seed=cfg.seed)
     c = _clocks()
@@ -438,7 +439,7 @@ def _sb3_ale_vec_env(game: str, cfg: RunConfig):
         render_mode = None
 
         def __init__(self) -> None:
-            self.env = make_vec_env(game, cfg.env, seed=cfg.seed)
+            self.env = make_vec_env(game, cfg.env)
             super().__init__(cfg.env.num_envs, self.env.single_observation_space,
                              self.env.single_action_space)
             self._actions: np.ndarray | None = None

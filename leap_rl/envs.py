@@ -80,13 +80,16 @@ def pool_games() -> tuple[str, ...]:
     return tuple(e.game for e in meta_training_pool() if e.in_pool)
 
 
-def make_vec_env(game: str, cfg: EnvConfig, seed: int) -> AtariVectorEnv:
+def make_vec_env(game: str, cfg: EnvConfig) -> AtariVectorEnv:
     """The C++ vector env in synchronous mode with SameStep autoreset (the reset observation
     comes back on the terminal step; the last real one is in info['final_obs']).
 
     Rewards come back raw (clipping is A2C's business, and episode scores must be raw).
     Life losses are reported as terminations without resetting the game when
     ``cfg.life_loss_terminal`` is set (ale-py's ``episodic_life`` would restart the game).
+
+    The env is not reset here: call ``env.reset(seed=seed)`` once before stepping (a seeded
+    reset of 16 envs costs over a second; the caller needs its frames anyway).
     """
     env = AtariVectorEnv(
         game,
@@ -102,7 +105,6 @@ def make_vec_env(game: str, cfg: EnvConfig, seed: int) -> AtariVectorEnv:
         life_loss_info=cfg.life_loss_terminal,
         reward_clipping=False,
     )
-    env.reset(seed=seed)
     return env
 
 

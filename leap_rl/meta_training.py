@@ -31,7 +31,7 @@ def probe_batch(cfg: RunConfig, games: tuple[str, ...], size: int) -> torch.Tens
     rng = np.random.default_rng(derived_seed(cfg.seed, 0x9B0BE))
     env_cfg = dataclasses.replace(cfg.env, num_envs=1)
     for game in games:
-        env = make_vec_env(game, env_cfg, seed=cfg.seed)
+        env = make_vec_env(game, env_cfg)
         obs, _ = env.reset(seed=cfg.seed)
         for step in range(per_game * 8):
             obs, *_ = env.step(rng.integers(env.single_action_space.n, size=1))

@@ -78,7 +78,7 @@ class TaskRunner:
                                         eps=a2c.rms_eps)
         grad = bind_encoder_grads(model, self._grad)
         first_param = next(model.encoder.parameters())
-        env = make_vec_env(spec.game, cfg.env, seed=spec.seed)
+        env = make_vec_env(spec.game, cfg.env)
         tracker = EpisodeTracker(N)
         acc = self.accumulator
         acc.reset()

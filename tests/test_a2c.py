@@ -84,7 +84,8 @@ def test_episode_tracker_counts_whole_games_not_lives():
 
 def test_vector_env_returns_raw_rewards():
     cfg = preset("ci").env
-    env = make_vec_env("seaquest", cfg, seed=3)
+    env = make_vec_env("seaquest", cfg)
+    env.reset(seed=3)
     rng = np.random.default_rng(0)
     rewards = []
     for _ in range(600):
