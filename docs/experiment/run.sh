@@ -15,7 +15,8 @@ train() {  # name, extra --set arguments...
 }
 train leap
 train reptile --set leap.loss=false     # Reptile: energy metric, loss term off (LEAP.md §2)
+train length --set 'leap.metric="length"'   # the reference code's metric, all else equal
 resume=()
 [ -d "$out/eval" ] && resume=(--resume)
-$leap evaluate --init leap="$out/leap" --init reptile="$out/reptile" --random \
+$leap evaluate --init leap="$out/leap" --init reptile="$out/reptile" --random --init length="$out/length" \
   --games seaquest,space_invaders --seeds 3 --env-steps 100000 --jobs 2 --out "$out/eval" "${resume[@]}"
