@@ -42,13 +42,12 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from leap_rl.a2c import a2c_loss, n_step_returns
 from leap_rl.config import RunConfig, load
 from leap_rl.envs import make_vec_env, normalize_game, num_actions
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import Segment, TaskSpec
 from leap_rl.models import ActorCritic, encoder_size, initial_encoder
-from leap_rl.task import TaskRunner, bind_encoder_grads
+from leap_rl.task import Rollout, TaskRunner, a2c_update, bind_encoder_grads
 
 NETWORKS = ("mnih2013", "nature")
 DEFAULT_SECONDS = 10.0
@@ -173,33 +172,54 @@ class UpdateTiming:
     encoder_params: int
 
 
+class _TimedAccumulator:
+    """Stands in for the loop's ``PathAccumulator`` inside ``a2c_update`` and times its part:
+    the gradient copy the loop made before ``bind_encoder_grads`` (for comparison only; its
+    result is unused), then ``observe`` itself."""
+
+    def __init__(self, acc: PathAccumulator, model: ActorCritic) -> None:
+        self.acc, self.model = acc, model
+        self.scratch = torch.zeros(acc.num_params)
+        self.sums = {"gather": [0.0, 0.0], "leap": [0.0, 0.0]}  # [wall, cpu]
+
+    def _add(self, key: str, a: tuple[float, float], b: tuple[float, float]) -> None:
+        self.sums[key][0] += b[0] - a[0]
+        self.sums[key][1] += b[1] - a[1]
+
+    def observe(self, loss: float, params: torch.Tensor, grad: torch.Tensor) -> None:
+        t0 = _clocks()
+        self.model.encoder_grad_into(self.scratch)
+        t1 = _clocks()
+        self.acc.observe(loss, params, grad)
+        t2 = _clocks()
+        self._add("gather", t0, t1)
+        self._add("leap", t1, t2)
+
+
 def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float) -> UpdateTiming:
-    """The loop's update on a stored batch of ``unroll × num_envs`` frames, with Leap's part
-    timed separately. The model is restored every 50 updates so repeated steps on one batch
-    never drift into a degenerate (or non-finite) regime."""
+    """The loop's update (``task.a2c_update``, the very function ``TaskRunner.run`` calls) on a
+    stored batch of ``unroll × num_envs`` frames, with Leap's part timed separately. The model
+    is restored every 50 updates so repeated steps on one batch never drift into a degenerate
+    (or non-finite) regime."""
     a2c, T, N = cfg.a2c, cfg.a2c.unroll, cfg.env.num_envs
     torch.manual_seed(cfg.seed)
     n_act = num_actions(game, cfg.env.full_action_space)
     model = ActorCritic(cfg.model, n_act)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=a2c.lr, alpha=a2c.rms_alpha, eps=a2c.rms_eps)
     n = encoder_size(cfg.model)
-    acc = PathAccumulator(n, cfg.leap)
+    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), model)
     grad = bind_encoder_grads(model, torch.zeros(n))
-    scratch = torch.zeros(n)
     rng = torch.Generator().manual_seed(cfg.seed)
-    obs_buf = frames[:T].contiguous()
-    last_obs = frames[T]
-    act_buf = torch.randint(0, n_act, (T, N), generator=rng)
-    rew_buf = torch.randint(-1, 2, (T, N), generator=rng).float()
-    done_buf = (torch.rand((T, N), generator=rng) < 0.02).float()
+    rollout = Rollout(
+        obs=frames[:T].contiguous(),
+        actions=torch.randint(0, n_act, (T, N), generator=rng),
+        rewards=torch.randint(-1, 2, (T, N), generator=rng).float(),
+        dones=(torch.rand((T, N), generator=rng) < 0.02).float(),
+        last_obs=frames[T],
+    )
     saved = {k: v.clone() for k, v in model.state_dict().items()}
-    # [wall, cpu] for: the update, Leap's observe, the old gather
-    sums = {"update": [0.0, 0.0], "leap": [0.0, 0.0], "gather": [0.0, 0.0]}
+    total = [0.0, 0.0]  # [wall, cpu] of whole updates; Leap's part is subtracted at the end
     count = 0
-
-    def add(key: str, a: tuple[float, float], b: tuple[float, float]) -> None:
-        sums[key][0] += b[0] - a[0]
-        sums[key][1] += b[1] - a[1]
 
     def step() -> None:
         nonlocal count
@@ -207,33 +227,19 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
             model.load_state_dict(saved)
         count += 1
         t0 = _clocks()
-        with torch.no_grad():
-            bootstrap = model(last_obs)[1]
-        returns = n_step_returns(rew_buf, done_buf, bootstrap, a2c.gamma)
-        logits, values = model(obs_buf.flatten(0, 1))
-        loss = a2c_loss(logits, values, act_buf.flatten(), returns.flatten(), a2c)
-        optimizer.zero_grad(set_to_none=False)
-        loss.total.backward()
-        loss_value = loss.total.item()
+        if a2c_update(model, optimizer, rollout, a2c, acc, grad) is None:
+            raise RuntimeError("bench: the update's loss is not finite")
         t1 = _clocks()
-        model.encoder_grad_into(scratch)
-        t2 = _clocks()
-        acc.observe(loss_value, model.encoder_flat, grad)
-        t3 = _clocks()
-        if a2c.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), a2c.max_grad_norm)
-        optimizer.step()
-        t4 = _clocks()
-        add("update", t0, t1)
-        add("update", t3, t4)
-        add("gather", t1, t2)
-        add("leap", t2, t3)
+        total[0] += t1[0] - t0[0]
+        total[1] += t1[1] - t0[1]
 
     _repeat(step, 0.0, warmup=2, min_iters=1)  # warm-up, then count only what follows
-    for v in sums.values():
+    for v in (total, *acc.sums.values()):
         v[0] = v[1] = 0.0
     iters = _repeat(step, seconds, warmup=0).iters
-    return UpdateTiming(*(Timing(iters, *sums[k]) for k in ("update", "leap", "gather")), n)
+    leap, gather = acc.sums["leap"], acc.sums["gather"]
+    update = Timing(iters, total[0] - leap[0] - gather[0], total[1] - leap[1] - gather[1])
+    return UpdateTiming(update, Timing(iters, *leap), Timing(iters, *gather), n)
 
 
 # ------------------------------------------------------------------------- the loop

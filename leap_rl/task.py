@@ -9,17 +9,18 @@ from __future__ import annotations
 import math
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 
-from leap_rl.a2c import a2c_loss, clip_rewards, n_step_returns
-from leap_rl.config import RunConfig
+from leap_rl.a2c import A2CLoss, a2c_loss, clip_rewards, n_step_returns
+from leap_rl.config import A2CConfig, RunConfig
 from leap_rl.envs import EpisodeTracker, make_vec_env, num_actions
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import Segment, TaskResult, TaskSpec
-from leap_rl.models import ActorCritic, encoder_size
+from leap_rl.models import ActorCritic, as_training_batch, encoder_size
 
 SegmentCallback = Callable[[Segment], None]
 ProgressCallback = Callable[[dict], None]
@@ -51,6 +52,49 @@ def bind_encoder_grads(model: ActorCritic, flat: torch.Tensor) -> torch.Tensor:
     return flat
 
 
+@dataclass(frozen=True)
+class Rollout:
+    """``unroll`` steps of ``num_envs`` envs, and the frames the next step starts from."""
+
+    obs: torch.Tensor  # (T, N, 4, 84, 84) uint8
+    actions: torch.Tensor  # (T, N) long
+    rewards: torch.Tensor  # (T, N) clipped, time-limit bootstraps folded in
+    dones: torch.Tensor  # (T, N) 1.0 where the episode ended after the step
+    last_obs: torch.Tensor  # (N, 4, 84, 84) uint8
+
+
+def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
+               a2c: A2CConfig, acc: PathAccumulator, grad: torch.Tensor) -> A2CLoss | None:
+    """One A2C update on ``rollout``; Leap observes the point θ_i it starts from.
+
+    ``grad`` is the flat buffer the encoder's ``.grad`` tensors are views of
+    (``bind_encoder_grads``). Returns the loss terms, or None, touching neither the
+    accumulator nor the parameters, when the loss is not finite.
+    """
+    with torch.no_grad():
+        bootstrap = model(rollout.last_obs)[1]
+    returns = n_step_returns(rollout.rewards, rollout.dones, bootstrap, a2c.gamma)
+    logits, values = model(as_training_batch(rollout.obs.flatten(0, 1)))
+    loss = a2c_loss(logits, values, rollout.actions.flatten(), returns.flatten(), a2c)
+
+    # Order matters (LEAP.md §6): backward → Leap reads the loss, θ and the RAW gradient of
+    # the encoder → clip → optimizer step.
+    optimizer.zero_grad(set_to_none=False)
+    loss.total.backward()
+    loss_value = loss.total.item()
+    if not math.isfinite(loss_value):
+        return None
+    first_grad = next(model.encoder.parameters()).grad
+    if first_grad is None or first_grad.data_ptr() != grad.data_ptr():
+        raise RuntimeError("the encoder's gradients no longer live in the Leap buffer "
+                           "(were they set to None?)")
+    acc.observe(loss_value, model.encoder_flat, grad)  # raw: clipped in place below
+    if a2c.max_grad_norm > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), a2c.max_grad_norm)
+    optimizer.step()
+    return loss
+
+
 class TaskRunner:
     """Holds what can be reused across tasks (the Leap buffers); builds a fresh agent per task."""
 
@@ -77,7 +121,6 @@ class TaskRunner:
         optimizer = torch.optim.RMSprop(model.parameters(), lr=a2c.lr, alpha=a2c.rms_alpha,
                                         eps=a2c.rms_eps)
         grad = bind_encoder_grads(model, self._grad)
-        first_param = next(model.encoder.parameters())
         env = make_vec_env(spec.game, cfg.env)
         tracker = EpisodeTracker(N)
         acc = self.accumulator
@@ -142,27 +185,11 @@ class TaskRunner:
                 if diverged:
                     break
 
-                with torch.no_grad():
-                    bootstrap = model(obs)[1]
-                returns = n_step_returns(rew_buf, done_buf, bootstrap, a2c.gamma)
-                logits, values = model(obs_buf.flatten(0, 1))
-                loss = a2c_loss(logits, values, act_buf.flatten(), returns.flatten(), a2c)
-
-                # Order matters (LEAP.md §6): backward → Leap reads the loss, θ and the RAW
-                # gradient of the encoder → clip → optimizer step.
-                optimizer.zero_grad(set_to_none=False)
-                loss.total.backward()
-                loss_value = loss.total.item()
-                if not math.isfinite(loss_value):
+                rollout = Rollout(obs_buf, act_buf, rew_buf, done_buf, last_obs=obs)
+                loss = a2c_update(model, optimizer, rollout, a2c, acc, grad)
+                if loss is None:
                     diverged = True
                     break
-                if first_param.grad is None or first_param.grad.data_ptr() != grad.data_ptr():
-                    raise RuntimeError("the encoder's gradients no longer live in the Leap buffer "
-                                       "(were they set to None?)")
-                acc.observe(loss_value, model.encoder_flat, grad)  # raw: clipped in place below
-                if a2c.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), a2c.max_grad_norm)
-                optimizer.step()
 
                 last = update == num_updates
                 if update % cfg.meta.segment_every == 0 or last:

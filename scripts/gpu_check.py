@@ -18,8 +18,8 @@ import torch
 from leap_rl.config import RuntimeConfig, preset
 from leap_rl.leap import LeapConfig, PathAccumulator
 from leap_rl.messages import TaskSpec
-from leap_rl.models import ActorCritic, initial_encoder
-from leap_rl.task import TaskRunner
+from leap_rl.models import ActorCritic, as_training_batch, initial_encoder
+from leap_rl.task import Rollout, TaskRunner, a2c_update, bind_encoder_grads
 
 
 def accumulator_agreement(n: int = 200_000, steps: int = 50) -> float:
@@ -38,38 +38,43 @@ def accumulator_agreement(n: int = 200_000, steps: int = 50) -> float:
     return worst
 
 
-def leap_share_of_update(device: str, repeats: int = 50) -> tuple[float, float]:
+def update_timings(device: str, repeats: int = 50) -> dict[str, float]:
+    """Seconds per call of: the loop's update (``a2c_update``, Leap included), Leap's observe
+    alone, and forward + backward of the training batch in either memory layout."""
     cfg = preset("paper")
+    T, N = cfg.a2c.unroll, cfg.env.num_envs
     model = ActorCritic(cfg.model, 18, device)
-    opt = torch.optim.RMSprop(model.parameters(), lr=1e-4)
-    obs = torch.randint(0, 255, (cfg.env.num_envs * cfg.a2c.unroll, 4, 84, 84), dtype=torch.uint8, device=device)
-    acc = PathAccumulator(model.encoder_flat.numel(), cfg.leap, device)
-    grad = torch.zeros_like(model.encoder_flat)
+    opt = torch.optim.RMSprop(model.parameters(), lr=cfg.a2c.lr, alpha=cfg.a2c.rms_alpha,
+                              eps=cfg.a2c.rms_eps)
+    n = model.encoder_flat.numel()
+    acc = PathAccumulator(n, cfg.leap, device)
+    grad = bind_encoder_grads(model, torch.zeros(n, device=device))
+    frames = torch.randint(0, 255, (T + 1, N, 4, 84, 84), dtype=torch.uint8, device=device)
+    rollout = Rollout(frames[:T], torch.randint(0, 18, (T, N), device=device),
+                      torch.zeros(T, N, device=device), torch.zeros(T, N, device=device), frames[T])
+    batch = frames[:T].flatten(0, 1)
 
-    def sync() -> None:
-        if device == "cuda":
-            torch.cuda.synchronize()
-
-    def update() -> None:
+    def fwd_bwd(obs: torch.Tensor) -> None:
         logits, values = model(obs)
-        opt.zero_grad(set_to_none=False)
         (logits.logsumexp(-1).mean() + values.square().mean()).backward()
-        opt.step()
 
-    def leap() -> None:
-        acc.observe(0.5, model.encoder_flat, model.encoder_grad_into(grad))
-
-    timings = []
-    for fn in (update, leap):
+    calls = {
+        "update": lambda: a2c_update(model, opt, rollout, cfg.a2c, acc, grad),
+        "leap": lambda: acc.observe(0.5, model.encoder_flat, grad),
+        "fwd_bwd_contiguous": lambda: fwd_bwd(batch),
+        "fwd_bwd_channels_last": lambda: fwd_bwd(as_training_batch(batch)),
+    }
+    out = {}
+    for name, fn in calls.items():
         for _ in range(5):
             fn()
-        sync()
+        torch.cuda.synchronize()
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
-        sync()
-        timings.append((time.perf_counter() - start) / repeats)
-    return timings[0], timings[1]
+        torch.cuda.synchronize()
+        out[name] = (time.perf_counter() - start) / repeats
+    return out
 
 
 def task_rate(device: str, game: str, env_steps: int, threads: int) -> float:
@@ -94,9 +99,12 @@ def main() -> None:
     diff = accumulator_agreement()
     print(f"Leap accumulator, GPU vs CPU (float64): max |difference| {diff:.3g}")
     assert diff < 1e-9
-    upd, leap = leap_share_of_update("cuda")
-    print(f"paper network on the GPU: update {1e3 * upd:.2f} ms, Leap observe {1e3 * leap:.3f} ms "
-          f"({100 * leap / upd:.2f} % of an update)")
+    t = update_timings("cuda")
+    upd, leap = t["update"] - t["leap"], t["leap"]
+    print(f"paper network on the GPU: update {1e3 * upd:.2f} ms without Leap, Leap observe "
+          f"{1e3 * leap:.3f} ms ({100 * leap / upd:.2f} % of an update)")
+    print(f"training batch forward + backward: contiguous {1e3 * t['fwd_bwd_contiguous']:.2f} ms, "
+          f"channels-last {1e3 * t['fwd_bwd_channels_last']:.2f} ms")
     gpu = task_rate("cuda", args.game, args.env_steps, args.threads)
     cpu = task_rate("cpu", args.game, args.env_steps, args.threads)
     print(f"A2C task, paper preset, {args.game}, {args.env_steps} env steps, {args.threads} threads: "

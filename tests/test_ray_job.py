@@ -43,14 +43,16 @@ def ray_head():
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
-            probe = subprocess.run([str(BIN / "ray"), "job", "list", "--address", address],
-                                   env=env, capture_output=True, text=True)
+            # A trivial job, not `ray job list`: the dashboard answers before the head's job
+            # agent is ready ("No available agent to submit job"), which a loaded machine shows.
+            probe = subprocess.run([str(BIN / "ray"), "job", "submit", "--address", address,
+                                    "--", "true"], env=env, capture_output=True, text=True)
             if probe.returncode == 0:
                 break
             assert head.poll() is None, head.stdout.read()
             time.sleep(1)
         else:
-            raise AssertionError("the Ray head did not come up")
+            raise AssertionError("the Ray head did not come up: " + probe.stdout[-1500:] + probe.stderr[-1500:])
         yield address, env
     finally:
         try:
