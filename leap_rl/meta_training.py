@@ -80,8 +80,9 @@ def meta_step_row(update: MetaUpdate, results: list[TaskResult], dead_fraction: 
     }
 
 
-def checkpoint_state(cfg: RunConfig, learner_state: dict, env_steps_total: int, elapsed: float) -> dict:
-    return {
+def checkpoint_state(cfg: RunConfig, learner_state: dict, env_steps_total: int, elapsed: float,
+                     next_ticket: int | None = None) -> dict:
+    state = {
         "learner": learner_state,
         "version": learner_state["version"],
         "env_steps_total": env_steps_total,
@@ -89,6 +90,9 @@ def checkpoint_state(cfg: RunConfig, learner_state: dict, env_steps_total: int, 
         "torch_rng": torch.get_rng_state(),
         "config": dumps_toml(cfg),
     }
+    if next_ticket is not None:  # async mode's place in its sequence of games and seeds
+        state["next_ticket"] = next_ticket
+    return state
 
 
 def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,

@@ -171,6 +171,9 @@ class _Session:
     env_steps_total: int = 0
     elapsed: float = 0.0
     rejections_logged: int = 0
+    next_ticket: int | None = None
+    """Async mode: the next ticket (game and seed) to hand out. Kept in the checkpoint so a
+    resume starts fresh games and seeds instead of repeating those of the lost tasks."""
 
     def log_task(self, version: int, result: TaskResult) -> None:
         self.run.log({"event": "task_done", "version": version, "init_version": result.init_version,
@@ -190,7 +193,8 @@ class _Session:
         row = meta_step_row(update, results, encoder_dead_fraction(self.cfg, state["phi"], self.probe),
                             self.env_steps_total, seconds, self.elapsed)
         self.run.log(row)
-        self.run.save_checkpoint(checkpoint_state(self.cfg, state, self.env_steps_total, self.elapsed))
+        self.run.save_checkpoint(checkpoint_state(self.cfg, state, self.env_steps_total, self.elapsed,
+                                                  next_ticket=self.next_ticket))
         for rejection in ray.get(self.learner.rejections.remote(self.rejections_logged)):
             self.run.log({"event": "rejected_segment", **rejection.__dict__})
             print(f"rejected a segment of {rejection.task_id} ({rejection.game}): {rejection.reason}",
@@ -222,6 +226,7 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
                            _Echo(cfg.meta.meta_steps, version))
         if state is not None:
             session.env_steps_total, session.elapsed = state["env_steps_total"], state["elapsed"]
+            session.next_ticket = state.get("next_ticket")
         try:
             (_sync_loop if cfg.meta.mode == "sync" else _async_loop)(session)
         finally:
@@ -265,7 +270,7 @@ def _sync_loop(s: _Session) -> None:
 def _async_loop(s: _Session) -> None:
     cfg, workers = s.cfg, s.workers
     version, phi_ref = ray.get(s.learner.current.remote())
-    ticket = version * cfg.meta.tasks_per_step  # a resume continues the sequence of games and seeds
+    ticket = s.next_ticket if s.next_ticket is not None else version * cfg.meta.tasks_per_step
     waiting: dict[str, TaskResult] = {}
     start = time.perf_counter()
     while version < cfg.meta.meta_steps:
@@ -275,6 +280,7 @@ def _async_loop(s: _Session) -> None:
                             cfg.meta.env_steps_per_task)
             workers.submit(spec, phi_ref)
             ticket += 1
+            s.next_ticket = ticket
         done, failed = workers.wait()
         for job in failed:
             ray.get(s.learner.discard_task.remote(job.spec.task_id))  # replaced by a fresh ticket

@@ -118,6 +118,10 @@ def test_async_staleness_stays_within_the_bound(tmp_path):
     assert all(r["max_staleness_seen"] <= 1 for r in meta)
     done = rows(run_dir, "task_done")
     assert any(r["init_version"] < r["version"] for r in done), "no task ran across a meta-step"
+    # A resume must hand out tickets (games, seeds) after every one already used.
+    state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    used = max(int(r["task_id"].lstrip("a").split("-")[0]) for r in done)
+    assert state["next_ticket"] > used
 
 
 def test_non_finite_segments_are_rejected_and_never_reach_phi(tmp_path):
