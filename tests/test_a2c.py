@@ -11,7 +11,7 @@ from leap_rl.config import A2CConfig, preset
 from leap_rl.envs import EpisodeTracker, make_vec_env
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import TaskSpec
-from leap_rl.models import initial_encoder
+from leap_rl.models import ActorCritic, as_training_batch, initial_encoder
 from leap_rl.task import TaskRunner
 
 torch.set_num_threads(1)
@@ -145,3 +145,20 @@ def test_time_limit_truncation_keeps_training_and_ends_games():
     result = TaskRunner(cfg).run(TaskSpec("t", "pong", 0, seed=1, env_steps=400), initial_encoder(cfg.model, 0))
     assert len(result.episode_returns) >= cfg.env.num_envs  # every env hit the 200-frame limit
     assert not result.diverged
+
+
+def test_channels_last_training_batch_gives_the_same_loss_and_gradients():
+    # The update feeds its batch in channels-last layout for speed; the math must not change.
+    cfg = preset("baselines")
+    torch.manual_seed(0)
+    model = ActorCritic(cfg.model, num_actions=6)
+    frames = torch.randint(0, 255, (16, 4, 84, 84), dtype=torch.uint8)
+    assert as_training_batch(frames).is_contiguous(memory_format=torch.channels_last)
+    grads = []
+    for batch in (frames, as_training_batch(frames)):
+        model.zero_grad()
+        logits, values = model(batch)
+        (logits.logsumexp(-1).mean() + values.square().mean()).backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+    assert grads[0].abs().sum() > 0
