@@ -126,7 +126,7 @@ def bench_env(cfg: RunConfig, game: str, seconds: float) -> Timing:
         env.close()
 
 
-def _sample_frames(cfg: RunConfig, game: str, steps: int) -> torch.Tensor:
+def sample_frames(cfg: RunConfig, game: str, steps: int) -> torch.Tensor:
     """(steps + 1, num_envs, 4, 84, 84) uint8 real frames from random play."""
     env = make_vec_env(game, cfg.env)
     try:
@@ -579,7 +579,7 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
 
     # --- limits and the loop, interleaved ``repeat`` times so that load changes hit all alike
     echo("frames for the stored batch ...")
-    frames = _sample_frames(cfg, game, T)
+    frames = sample_frames(cfg, game, T)
     envs, acts, ups, leaps, loops = [], [], [], [], []
     loop_steps = 0
     for r in range(opts.repeat):
@@ -645,6 +645,7 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
             "old_fraction_cpu": (leap_c + gather_c) / up_c if up_c > 0 else float("nan"),
         }
     out["leap_overhead"] = overhead
+    out["leap_metric"] = cfg.leap.metric
 
     # --- learner ingest, in process
     ingest: dict[str, Any] = {}
@@ -770,7 +771,8 @@ def format_table(res: dict) -> str:
     lines.append(f"  task setup: make_vec_env {su['make_vec_env_s']:.2f} s ({su['make_vec_env_cpu_s']:.2f} CPU-s), "
                  f"then a second seeded reset {su['seeded_reset_s']:.2f} s ({su['seeded_reset_cpu_s']:.2f} CPU-s)")
     lines.append("")
-    lines.append(f"{'Leap per update (observe)':<52}{'update ms':>14}{'Leap ms':>12}  "
+    title = f"Leap per update (observe, {res['leap_metric']} metric)"
+    lines.append(f"{title:<52}{'update ms':>14}{'Leap ms':>12}  "
                  f"fraction wall; CPU  (with the old gather copy)")
     for net, o in res["leap_overhead"].items():
         name = f"{net} ({o['encoder_params']:,} encoder params)"
