@@ -769,7 +769,7 @@ def format_table(res: dict) -> str:
         lp["whole_call_env_steps_per_s"], lp["whole_call_env_steps_per_cpu_s"])
     su = res["task_setup"]
     lines.append(f"  task setup: make_vec_env {su['make_vec_env_s']:.2f} s ({su['make_vec_env_cpu_s']:.2f} CPU-s), "
-                 f"then a second seeded reset {su['seeded_reset_s']:.2f} s ({su['seeded_reset_cpu_s']:.2f} CPU-s)")
+                 f"then the seeded reset {su['seeded_reset_s']:.2f} s ({su['seeded_reset_cpu_s']:.2f} CPU-s)")
     lines.append("")
     title = f"Leap per update (observe, {res['leap_metric']} metric)"
     lines.append(f"{title:<52}{'update ms':>14}{'Leap ms':>12}  "

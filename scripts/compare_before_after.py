@@ -10,7 +10,11 @@ times, inside real updates of the preset's network(s) on stored Atari frames:
 - the training batch's forward + backward in contiguous layout against channels-last
   (``models.as_training_batch``), alternating likewise.
 
-Prints medians per call and the after/before ratios; torch runs on one thread, as the workers do.
+- with ``--loop-steps N``: ``TaskRunner.run`` itself for N env steps on the preset, training
+  batch contiguous against channels-last, alternating runs (3 each), env steps per CPU-second of
+  the whole call.
+
+Prints medians and the after/before ratios; torch runs on one thread, as the workers do.
 """
 
 from __future__ import annotations
@@ -30,7 +34,8 @@ import torch
 from leap_rl.bench import sample_frames
 from leap_rl.config import load
 from leap_rl.leap import PathAccumulator
-from leap_rl.models import ActorCritic, as_training_batch
+from leap_rl.messages import TaskSpec
+from leap_rl.models import ActorCritic, as_training_batch, initial_encoder
 from leap_rl.task import bind_encoder_grads
 
 REPO = Path(__file__).resolve().parent.parent
@@ -85,12 +90,32 @@ def compare(cfg, network: str, frames: torch.Tensor, before_module, seconds: flo
     return {k: statistics.median(v) for k, v in times.items()} | {"encoder_params": n}
 
 
+def compare_loop(cfg, game: str, env_steps: int, runs: int = 3) -> dict:
+    import leap_rl.task as task
+    cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, log_every=10**9))
+    phi = initial_encoder(cfg.model, cfg.seed)
+    layouts = {"contiguous": lambda frames: frames, "channels_last": as_training_batch}
+    rates: dict[str, list[float]] = {k: [] for k in layouts}
+    try:
+        for _ in range(runs):
+            for name, layout in layouts.items():
+                task.as_training_batch = layout
+                start = time.process_time()
+                result = task.TaskRunner(cfg).run(TaskSpec("compare", game, 0, 0, env_steps), phi)
+                rates[name].append(result.env_steps / (time.process_time() - start))
+    finally:
+        task.as_training_batch = as_training_batch
+    return {k: statistics.median(v) for k, v in rates.items()}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git commit of the 'before' leap.py")
     parser.add_argument("--preset", default="baselines")
     parser.add_argument("--game", default="seaquest")
     parser.add_argument("--seconds", type=float, default=10.0, help="per network and metric")
+    parser.add_argument("--loop-steps", type=int, default=0,
+                        help="also time TaskRunner.run for this many env steps in either layout")
     args = parser.parse_args()
     torch.set_num_threads(1)
     cfg = load(args.preset)
@@ -107,6 +132,13 @@ def main() -> None:
             print(f"{network + ', ' + metric:<20}{1e3 * r['before']:>13.3f} ms{1e3 * r['after']:>7.3f} ms"
                   f"{r['after'] / r['before']:>8.2f}{1e3 * r['contiguous']:>18.2f} ms"
                   f"{1e3 * r['channels_last']:>12.2f} ms{r['channels_last'] / r['contiguous']:>8.2f}")
+
+    if args.loop_steps:
+        r = compare_loop(cfg, args.game, args.loop_steps)
+        print(f"single-worker loop ({cfg.model.network}, {args.loop_steps} env steps, whole call, "
+              f"median of 3): contiguous {r['contiguous']:.0f}, channels-last "
+              f"{r['channels_last']:.0f} env steps per CPU-s "
+              f"({r['channels_last'] / r['contiguous']:.2f}x)")
 
 
 if __name__ == "__main__":
