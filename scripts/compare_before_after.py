@@ -8,7 +8,8 @@ times, inside real updates of the preset's network(s) on stored Atari frames:
 - ``PathAccumulator.observe`` of either version, alternating update by update, each reading the
   encoder's raw gradient right after backward, as the loop does (caches as cold as in the loop);
 - the training batch's forward + backward in contiguous layout against channels-last
-  (``models.as_training_batch``), alternating likewise.
+  (``models.as_training_batch``), alternating likewise, and the acting forward (no grad,
+  ``num_envs`` frames) in both layouts.
 
 - with ``--loop-steps N``: ``TaskRunner.run`` itself for N env steps on the preset, training
   batch contiguous against channels-last, alternating runs (3 each), env steps per CPU-second of
@@ -87,6 +88,14 @@ def compare(cfg, network: str, frames: torch.Tensor, before_module, seconds: flo
             times[layout].append(t1 - t0)
             times[version].append(t2 - t1)
         i += 1
+    acting = frames[:cfg.env.num_envs]
+    for i in range(max(40, len(times["after"]))):
+        layout = ("contiguous", "channels_last")[i % 2]
+        batch = acting if layout == "contiguous" else as_training_batch(acting)
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            model(batch)
+        times.setdefault("act_" + layout, []).append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in times.items()} | {"encoder_params": n}
 
 
@@ -124,14 +133,17 @@ def main() -> None:
     print(f"preset {args.preset}: {len(frames)} frames per update, loss term {cfg.leap.loss}, "
           f"stabilizer {cfg.leap.stabilizer}; leap.py before = {args.before}; medians per call")
     print(f"{'network, metric':<20}{'observe before':>16}{'after':>10}{'ratio':>8}"
-          f"{'fwd+bwd contiguous':>21}{'channels-last':>15}{'ratio':>8}")
+          f"{'fwd+bwd contiguous':>21}{'channels-last':>15}{'ratio':>8}"
+          f"{'acting contiguous':>20}{'channels-last':>15}{'ratio':>8}")
     for network in ("mnih2013", "nature"):
         for metric in ("energy", "length"):
             r = compare(dataclasses.replace(cfg, leap=dataclasses.replace(cfg.leap, metric=metric)),
                         network, frames, before, args.seconds)
             print(f"{network + ', ' + metric:<20}{1e3 * r['before']:>13.3f} ms{1e3 * r['after']:>7.3f} ms"
                   f"{r['after'] / r['before']:>8.2f}{1e3 * r['contiguous']:>18.2f} ms"
-                  f"{1e3 * r['channels_last']:>12.2f} ms{r['channels_last'] / r['contiguous']:>8.2f}")
+                  f"{1e3 * r['channels_last']:>12.2f} ms{r['channels_last'] / r['contiguous']:>8.2f}"
+                  f"{1e3 * r['act_contiguous']:>17.2f} ms{1e3 * r['act_channels_last']:>12.2f} ms"
+                  f"{r['act_channels_last'] / r['act_contiguous']:>8.2f}")
 
     if args.loop_steps:
         r = compare_loop(cfg, args.game, args.loop_steps)
