@@ -9,11 +9,10 @@ times, inside real updates of the preset's network(s) on stored Atari frames:
   encoder's raw gradient right after backward, as the loop does (caches as cold as in the loop);
 - the training batch's forward + backward in contiguous layout against channels-last
   (``models.as_training_batch``), alternating likewise, and the acting forward (no grad,
-  ``num_envs`` frames) in both layouts.
-
+  ``num_envs`` frames) in both layouts;
 - with ``--loop-steps N``: ``TaskRunner.run`` itself for N env steps on the preset, training
-  batch contiguous against channels-last, alternating runs (3 each), env steps per CPU-second of
-  the whole call.
+  batch contiguous against channels-last, alternating runs (4 each): env steps per CPU-second
+  of the whole call, and CPU time per update inside and outside ``a2c_update``.
 
 Prints medians and the after/before ratios; torch runs on one thread, as the workers do.
 """
@@ -37,7 +36,7 @@ from leap_rl.config import load
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import TaskSpec
 from leap_rl.models import ActorCritic, as_training_batch, initial_encoder
-from leap_rl.task import bind_encoder_grads
+from leap_rl.task import a2c_update, bind_encoder_grads
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -99,22 +98,38 @@ def compare(cfg, network: str, frames: torch.Tensor, before_module, seconds: flo
     return {k: statistics.median(v) for k, v in times.items()} | {"encoder_params": n}
 
 
-def compare_loop(cfg, game: str, env_steps: int, runs: int = 3) -> dict:
+def compare_loop(cfg, game: str, env_steps: int, runs: int = 4) -> dict:
+    """Median over ``runs`` alternating runs of each layout: env steps per CPU-second of the
+    whole call, and CPU ms per update inside ``a2c_update`` and outside it (the rest of the
+    loop). The in-loop update time is the steadier figure: the whole call includes env setup."""
     import leap_rl.task as task
     cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, log_every=10**9))
     phi = initial_encoder(cfg.model, cfg.seed)
     layouts = {"contiguous": lambda frames: frames, "channels_last": as_training_batch}
-    rates: dict[str, list[float]] = {k: [] for k in layouts}
+    rows: dict[str, list[tuple[float, float, float]]] = {k: [] for k in layouts}
+    update_cpu = [0.0]
+
+    def timed_update(*args, **kwargs):
+        start = time.process_time()
+        try:
+            return a2c_update(*args, **kwargs)
+        finally:
+            update_cpu[0] += time.process_time() - start
+
+    task.a2c_update = timed_update
     try:
         for _ in range(runs):
             for name, layout in layouts.items():
                 task.as_training_batch = layout
+                update_cpu[0] = 0.0
                 start = time.process_time()
                 result = task.TaskRunner(cfg).run(TaskSpec("compare", game, 0, 0, env_steps), phi)
-                rates[name].append(result.env_steps / (time.process_time() - start))
+                total = time.process_time() - start
+                rows[name].append((result.env_steps / total, 1e3 * update_cpu[0] / result.updates,
+                                   1e3 * (total - update_cpu[0]) / result.updates))
     finally:
-        task.as_training_batch = as_training_batch
-    return {k: statistics.median(v) for k, v in rates.items()}
+        task.as_training_batch, task.a2c_update = as_training_batch, a2c_update
+    return {k: tuple(statistics.median(r[i] for r in v) for i in range(3)) for k, v in rows.items()}
 
 
 def main() -> None:
@@ -147,10 +162,14 @@ def main() -> None:
 
     if args.loop_steps:
         r = compare_loop(cfg, args.game, args.loop_steps)
-        print(f"single-worker loop ({cfg.model.network}, {args.loop_steps} env steps, whole call, "
-              f"median of 3): contiguous {r['contiguous']:.0f}, channels-last "
-              f"{r['channels_last']:.0f} env steps per CPU-s "
-              f"({r['channels_last'] / r['contiguous']:.2f}x)")
+        print(f"single-worker loop ({cfg.model.network}, {args.loop_steps} env steps, medians of 4 "
+              f"alternating runs, CPU time): env steps per CPU-s of the whole call; ms per update "
+              f"inside a2c_update; ms per update outside it")
+        for name, (rate, update, rest) in r.items():
+            print(f"  {name:<14}{rate:>8.0f} env steps/s{update:>10.2f} ms{rest:>10.2f} ms")
+        c, l = r["contiguous"], r["channels_last"]
+        print(f"  channels-last / contiguous: rate {l[0] / c[0]:.2f}x, update {l[1] / c[1]:.2f}x, "
+              f"rest {l[2] / c[2]:.2f}x")
 
 
 if __name__ == "__main__":
