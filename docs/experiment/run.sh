@@ -25,4 +25,4 @@ resume=()
 $leap evaluate --init leap="$out/leap" --init reptile="$out/reptile" --random --init length="$out/length" \
   --init no_stabilizer="$out/no_stabilizer" --init length_no_loss="$out/length_no_loss" \
   --init unnormalized="$out/unnormalized" \
-  --games seaquest,space_invaders --seeds 3 --env-steps 100000 --jobs 2 --out "$out/eval" "${resume[@]}"
+  --games seaquest,space_invaders,ms_pacman --seeds 3 --env-steps 100000 --jobs 2 --out "$out/eval" "${resume[@]}"
