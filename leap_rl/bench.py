@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as _dt
-import json
 import math
 import os
 import platform
@@ -42,8 +41,10 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from leap_rl.cli import _set_threads
 from leap_rl.config import RunConfig, load
 from leap_rl.envs import make_vec_env, normalize_game, num_actions
+from leap_rl.evaluate import _dump
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import Segment, TaskSpec
 from leap_rl.models import ActorCritic, encoder_size, initial_encoder
@@ -174,8 +175,9 @@ class UpdateTiming:
 
 class _TimedAccumulator:
     """Stands in for the loop's ``PathAccumulator`` inside ``a2c_update`` and times its part:
+    ``observe`` itself, first, with the gradient as cold in the caches as the loop has it; then
     the gradient copy the loop made before ``bind_encoder_grads`` (for comparison only; its
-    result is unused), then ``observe`` itself."""
+    result is unused)."""
 
     def __init__(self, acc: PathAccumulator, model: ActorCritic) -> None:
         self.acc, self.model = acc, model
@@ -188,12 +190,12 @@ class _TimedAccumulator:
 
     def observe(self, loss: float, params: torch.Tensor, grad: torch.Tensor) -> None:
         t0 = _clocks()
-        self.model.encoder_grad_into(self.scratch)
-        t1 = _clocks()
         self.acc.observe(loss, params, grad)
+        t1 = _clocks()
+        self.model.encoder_grad_into(self.scratch)
         t2 = _clocks()
-        self._add("gather", t0, t1)
-        self._add("leap", t1, t2)
+        self._add("leap", t0, t1)
+        self._add("gather", t1, t2)
 
 
 def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float) -> UpdateTiming:
@@ -206,7 +208,7 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
     n_act = num_actions(game, cfg.env.full_action_space)
     model = ActorCritic(cfg.model, n_act)
     optimizer = torch.optim.RMSprop(model.parameters(), lr=a2c.lr, alpha=a2c.rms_alpha, eps=a2c.rms_eps)
-    n = encoder_size(cfg.model)
+    n = model.encoder_flat.numel()
     acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), model)
     grad = bind_encoder_grads(model, torch.zeros(n))
     rng = torch.Generator().manual_seed(cfg.seed)
@@ -760,12 +762,12 @@ def format_table(res: dict) -> str:
     L = res["limits"]
     row("env stepping alone (random actions)", lim_w["env"], lim_c["env"], f"{L['env_step_ms']:.2f} ms / step of all envs")
     row("acting alone (no-grad forward + sampling)", lim_w["act"], lim_c["act"], f"{L['act_ms']:.2f} ms / step of all envs")
-    row("update alone (fwd+bwd+clip+RMSProp)", lim_w["update"], lim_c["update"], f"{L['update_ms']:.1f} ms / update")
+    row("update alone (value+returns+fwd+bwd+clip+RMSProp)", lim_w["update"], lim_c["update"], f"{L['update_ms']:.1f} ms / update")
     row("limit 1/(1/env + 1/act + 1/update)", lim_w["limit"], lim_c["limit"], "one core, serial")
     lp = res["loop"]
     row("single-worker loop (TaskRunner.run)", lp["env_steps_per_s"], lp["env_steps_per_cpu_s"],
         f"{100 * lp['fraction_of_limit']:.1f} % of limit ({100 * lp['fraction_of_limit_cpu']:.1f} % by CPU)")
-    row(f"  the whole call ({lp['whole_call_env_steps']} steps, env creation included)",
+    row(f"  the whole call ({lp['whole_call_env_steps']} steps, env and model creation included)",
         lp["whole_call_env_steps_per_s"], lp["whole_call_env_steps_per_cpu_s"])
     su = res["task_setup"]
     lines.append(f"  task setup: make_vec_env {su['make_vec_env_s']:.2f} s ({su['make_vec_env_cpu_s']:.2f} CPU-s), "
@@ -854,9 +856,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--repeat must be ≥ 1, got {args.repeat}")
     if args.workers_max < 1:
         raise ConfigError(f"--workers-max must be ≥ 1, got {args.workers_max}")
-    # Oversubscription costs 5-10x on small machines (PLATFORM.md): set it on purpose.
-    torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+    _set_threads(threads)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     sb3_envs = tuple(args.sb3_envs) if args.sb3_envs else SB3_ENVS
     if args.sb3:
@@ -878,13 +878,13 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(res))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(res, indent=2) + "\n")
+        args.json.write_text(_dump(res, indent=2))  # a NaN (no CPU time measured) becomes null
         print(f"wrote {args.json}")
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m leap_rl.bench`` until the CLI wires ``leap-rl bench``."""
+    """``python -m leap_rl.bench``: the same as ``leap-rl bench``."""
     parser = argparse.ArgumentParser(prog="leap-rl bench", description=__doc__.splitlines()[0])
     add_arguments(parser)
     return run(parser.parse_args(argv))

@@ -85,9 +85,10 @@ class ActorCritic(nn.Module):
 def as_training_batch(frames: torch.Tensor) -> torch.Tensor:
     """The update's (B, 4, 84, 84) frames in channels-last layout.
 
-    oneDNN's convolution forward + backward on a training batch runs about 15 % faster on the
-    CPU in this layout (``leap-rl bench``, docs/BENCH.md); for acting on a few frames it is
-    slower, so only the update uses it. The weights keep their layout (φ is unchanged).
+    oneDNN's convolution forward + backward on a 40- or 80-frame batch takes 0.75–0.87× of the
+    time on the CPU in this layout; acting on a few frames gains nothing (0.99–1.05×), so only
+    the update uses it (``scripts/compare_before_after.py``, docs/BENCH.md round 2). The
+    weights keep their layout (φ is unchanged).
     """
     return frames.contiguous(memory_format=torch.channels_last)
 

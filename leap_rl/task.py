@@ -39,7 +39,7 @@ def bind_encoder_grads(model: ActorCritic, flat: torch.Tensor) -> torch.Tensor:
     Backward accumulates into an existing ``.grad`` in place, so with the gradients zeroed (not
     set to None) every update, ``flat`` holds the encoder's raw gradient right after backward:
     Leap reads it there instead of gathering a copy with ``model.encoder_grad_into`` (one pass
-    over the encoder less per update). The values are the same as before, bit for bit.
+    over the encoder less per update), and reads the same values, bit for bit.
     """
     flat.zero_()
     offset = 0

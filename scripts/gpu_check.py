@@ -64,15 +64,16 @@ def update_timings(device: str, repeats: int = 50) -> dict[str, float]:
         "fwd_bwd_contiguous": lambda: fwd_bwd(batch),
         "fwd_bwd_channels_last": lambda: fwd_bwd(as_training_batch(batch)),
     }
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     out = {}
     for name, fn in calls.items():
         for _ in range(5):
             fn()
-        torch.cuda.synchronize()
+        sync()
         start = time.perf_counter()
         for _ in range(repeats):
             fn()
-        torch.cuda.synchronize()
+        sync()
         out[name] = (time.perf_counter() - start) / repeats
     return out
 

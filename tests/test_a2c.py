@@ -147,7 +147,7 @@ def test_time_limit_truncation_keeps_training_and_ends_games():
     assert not result.diverged
 
 
-def test_channels_last_training_batch_gives_the_same_loss_and_gradients():
+def test_channels_last_training_batch_gives_the_same_gradients():
     # The update feeds its batch in channels-last layout for speed; the math must not change.
     cfg = preset("baselines")
     torch.manual_seed(0)
