@@ -47,7 +47,8 @@ class TaskWorker:
             with self._lock:
                 self._progress.append({"version": spec.init_version, **row})
 
-        result = self.runner.run(spec, phi, send, progress)
+        # a probe measures φ like for like: its segments must never reach the learner
+        result = self.runner.run(spec, phi, None if spec.probe else send, progress)
         ray.get(in_flight)  # every segment delivered before the task counts as done
         return result
 

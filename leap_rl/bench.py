@@ -331,8 +331,7 @@ def bench_ingest_ray(cfg: RunConfig, network: str, seconds: float, window: int =
     from learner.learner_actor import LearnerActor
 
     model_cfg = dataclasses.replace(cfg.model, network=network)
-    learner = LearnerActor.options(num_cpus=0).remote(
-        initial_encoder(model_cfg, cfg.seed), cfg.meta, cfg.runtime.torch_threads)
+    learner = LearnerActor.options(num_cpus=0).remote(dataclasses.replace(cfg, model=model_cfg))
     try:
         ray.get(learner.version.remote())
         template = _segment_template(cfg, network)
@@ -393,8 +392,7 @@ def bench_ray_workers(cfg: RunConfig, game: str, workers: int, env_steps_per_wor
     from actors.task_worker import TaskWorker
     from learner.learner_actor import LearnerActor
 
-    learner = LearnerActor.options(num_cpus=cfg.runtime.learner_cpus).remote(
-        initial_encoder(cfg.model, cfg.seed), cfg.meta, cfg.runtime.torch_threads)
+    learner = LearnerActor.options(num_cpus=cfg.runtime.learner_cpus).remote(cfg)
     actors = [TaskWorker.options(num_cpus=cfg.runtime.cpus_per_worker).remote(cfg, learner)
               for _ in range(workers)]
     try:

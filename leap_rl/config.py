@@ -72,8 +72,14 @@ class A2CConfig:
     reward_clip: Literal["sign", "clamp", "none"] = "sign"
     """'sign' (baselines), 'clamp' to ±reward_clip_bound (the paper: ±5), or 'none'."""
     reward_clip_bound: float = 5.0
+    optimizer: Literal["rmsprop", "rmsprop_tf"] = "rmsprop"
+    """'rmsprop' (PyTorch's: square average started at 0, eps outside the root, so the first
+    steps are ≈10·lr·sign(g)) or 'rmsprop_tf' (TensorFlow 1's, as OpenAI baselines and the A2C
+    code of the paper's time: average started at 1, eps inside the root). See leap_rl/optim.py."""
 
     def __post_init__(self) -> None:
+        _require(self.optimizer in ("rmsprop", "rmsprop_tf"), "a2c.optimizer",
+                 "one of 'rmsprop', 'rmsprop_tf'", self.optimizer)
         _require(self.unroll >= 1, "a2c.unroll", "an integer ≥ 1", self.unroll)
         _require(self.lr > 0, "a2c.lr", "> 0", self.lr)
         _require(0 < self.rms_alpha < 1, "a2c.rms_alpha", "in (0, 1)", self.rms_alpha)
@@ -92,7 +98,11 @@ class ModelConfig:
     network: Literal["mnih2013", "nature"] = "nature"
     """'mnih2013' (the paper's: 16×8×8/4, 32×4×4/2, FC-256) or 'nature' (Mnih et al. 2015)."""
     encoder_includes_fc: bool = True
-    """Whether the FC layer is part of the meta-learned encoder (the paper does not say)."""
+    """Whether the FC layer is part of the meta-learned encoder (the paper does not say; it
+    meta-learns "the convolutional encoder", LEAP.md §4)."""
+    layer_norm: bool = False
+    """LayerNorm before every ReLU of the trunk, a plasticity guard (Lyle et al. 2023/2024).
+    Its gains and biases are part of the encoder where their layer is. Not in the paper."""
 
     def __post_init__(self) -> None:
         _require(self.network in ("mnih2013", "nature"), "model.network",
@@ -112,7 +122,19 @@ class MetaConfig:
     """A2C updates between two Leap segments sent to the learner."""
     optimizer: Literal["adam", "sgd"] = "adam"
     """The paper used SGD (Adam in its multi-dataset experiment); Adam is insensitive to the
-    growth of ‖H‖ with task length (LEAP.md §6)."""
+    growth of ‖H‖ with task length (LEAP.md §6), but its first steps are lr·sign(G) on every
+    weight, which can move a unit with thousands of inputs coherently (LEAP.md §8)."""
+    max_unit_step: float = 0.0
+    """Bound on each unit's meta-step: the change of a unit's incoming weights and bias is
+    scaled down to at most this fraction of their norm, so its pre-activation cannot move by
+    more than that fraction of ‖(w, b)‖·‖(x, 1)‖ for any input x. 0 = off (the paper)."""
+    recycle_dormant: bool = False
+    """After each meta-step, recycle φ's ReDo-dormant units (Sokar et al. 2023): fresh incoming
+    weights, zero outgoing weights inside the encoder, meta-optimizer moments reset. Not in the
+    paper."""
+    recycle_tau: float = 0.1
+    """A unit is recycled when its ReDo score (its mean |activation| on the probe frames over
+    its layer's mean) is ≤ this."""
     lr: float = 1e-4
     """The paper does not state it for Atari; 1e-3 killed features in a prototype (LEAP.md §7)."""
     normalize_tasks: bool = False
@@ -130,6 +152,8 @@ class MetaConfig:
         _require(self.segment_every >= 1, "meta.segment_every", "an integer ≥ 1", self.segment_every)
         _require(self.optimizer in ("adam", "sgd"), "meta.optimizer", "one of 'adam', 'sgd'", self.optimizer)
         _require(self.lr > 0, "meta.lr", "> 0", self.lr)
+        _require(self.max_unit_step >= 0, "meta.max_unit_step", "≥ 0 (0 = off)", self.max_unit_step)
+        _require(0 < self.recycle_tau < 1, "meta.recycle_tau", "in (0, 1)", self.recycle_tau)
         _require(self.mode in ("sync", "async"), "meta.mode", "one of 'sync', 'async'", self.mode)
         _require(self.max_staleness >= 0, "meta.max_staleness", "an integer ≥ 0", self.max_staleness)
 
@@ -152,7 +176,15 @@ class RuntimeConfig:
     log_every: int = 100
     """A2C updates between two progress rows of a task."""
     dead_unit_probe: int = 64
-    """Frames in the fixed probe batch for the encoder's dead-unit fraction."""
+    """Frames in the fixed probe batch for the encoder's dead-unit and dormant fractions."""
+    dormant_tau: float = 0.1
+    """A unit of φ counts as dormant when its ReDo score is ≤ this (Sokar et al. 2023 use 0.1
+    and 0.025)."""
+    probe_tasks: int = 2
+    """Fixed probe tasks (the same games and seeds every time) trained from φ to measure the
+    path length like for like; 0 turns the probe off. Their segments never reach φ."""
+    probe_every: int = 10
+    """Meta-steps between two probe measurements; φ_0 and the final φ are always probed."""
 
     def __post_init__(self) -> None:
         _require(self.workers >= 1, "runtime.workers", "an integer ≥ 1", self.workers)
@@ -167,6 +199,9 @@ class RuntimeConfig:
         _require(self.torch_threads >= 1, "runtime.torch_threads", "an integer ≥ 1", self.torch_threads)
         _require(self.log_every >= 1, "runtime.log_every", "an integer ≥ 1", self.log_every)
         _require(self.dead_unit_probe >= 1, "runtime.dead_unit_probe", "an integer ≥ 1", self.dead_unit_probe)
+        _require(0 < self.dormant_tau < 1, "runtime.dormant_tau", "in (0, 1)", self.dormant_tau)
+        _require(self.probe_tasks >= 0, "runtime.probe_tasks", "an integer ≥ 0 (0 = off)", self.probe_tasks)
+        _require(self.probe_every >= 1, "runtime.probe_every", "an integer ≥ 1", self.probe_every)
 
 
 @dataclass(frozen=True)
@@ -204,7 +239,7 @@ def _paper() -> RunConfig:
         leap=LeapConfig(metric="energy"),
         meta=MetaConfig(tasks_per_step=16, meta_steps=100, env_steps_per_task=5_000_000,
                         segment_every=500),
-        runtime=RuntimeConfig(workers=16),
+        runtime=RuntimeConfig(workers=16, probe_tasks=4, probe_every=10),
     )
 
 
@@ -216,7 +251,7 @@ def _quick() -> RunConfig:
         leap=LeapConfig(metric="energy"),
         meta=MetaConfig(games=("seaquest", "ms_pacman", "qbert"), tasks_per_step=2, meta_steps=3,
                         env_steps_per_task=20_000, segment_every=50),
-        runtime=RuntimeConfig(workers=2, log_every=50),
+        runtime=RuntimeConfig(workers=2, log_every=50, probe_tasks=2, probe_every=3),
     )
 
 
@@ -228,7 +263,7 @@ def _ci() -> RunConfig:
         leap=LeapConfig(metric="energy"),
         meta=MetaConfig(games=("pong", "qbert"), tasks_per_step=2, meta_steps=2,
                         env_steps_per_task=400, segment_every=5),
-        runtime=RuntimeConfig(workers=2, log_every=10, dead_unit_probe=16),
+        runtime=RuntimeConfig(workers=2, log_every=10, dead_unit_probe=16, probe_tasks=1, probe_every=1),
     )
 
 

@@ -34,6 +34,8 @@ import torch
 
 Metric = Literal["length", "energy"]
 METRICS: tuple[str, ...] = ("length", "energy")
+LossSignal = Literal["total", "value", "smoothed"]
+LOSS_SIGNALS: tuple[str, ...] = ("total", "value", "smoothed")
 
 
 @dataclass(frozen=True)
@@ -48,10 +50,21 @@ class LeapConfig:
     """Use Δf̃ = −|Δf| so the loss term never points uphill."""
     eps: float = 1e-12
     """Floor on w_i: a step that changes nothing must not divide by zero."""
+    loss_signal: LossSignal = "total"
+    """Which f is the loss coordinate of the manifold: 'total' (the A2C loss being minimized,
+    the paper's), 'value' (the value loss alone: the policy loss of consecutive on-policy
+    batches is mostly noise, LEAP.md §6), or 'smoothed' (an exponential moving average of the
+    total with factor ``loss_smoothing``). The task computes f; the accumulator takes a float."""
+    loss_smoothing: float = 0.9
+    """'smoothed' only: f̄_i = β f̄_{i−1} + (1 − β) f_i with β = this, f̄_1 = f_1."""
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
             raise ValueError(f"leap.metric must be one of {METRICS}, got {self.metric!r}")
+        if self.loss_signal not in LOSS_SIGNALS:
+            raise ValueError(f"leap.loss_signal must be one of {LOSS_SIGNALS}, got {self.loss_signal!r}")
+        if not 0 <= self.loss_smoothing < 1:
+            raise ValueError(f"leap.loss_smoothing must be in [0, 1), got {self.loss_smoothing!r}")
         if not self.eps > 0:
             raise ValueError(f"leap.eps must be > 0, got {self.eps!r}")
 

@@ -20,6 +20,8 @@ class TaskSpec:
     init_version: int
     seed: int
     env_steps: int
+    probe: bool = False
+    """A probe task measures the path length from φ like for like; its segments never reach φ."""
 
 
 @dataclass(frozen=True)

@@ -12,6 +12,10 @@ Policies (documented in the README):
 - a task's segments only count once its final segment arrived; ``discard_task`` forgets a task
   whose worker died, so a retried task never doubles up;
 - async mode: a task that started more than ``max_staleness`` versions ago is dropped.
+
+Plasticity guards (leap_rl/plasticity.py), when configured, act inside ``step``: the bound on
+each unit's step right after the optimizer's step, then the recycling of dormant units of the
+new φ, whose meta-optimizer moments are reset here.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ import torch
 from leap_rl.config import MetaConfig
 from leap_rl.leap import meta_gradient, normalized
 from leap_rl.messages import Segment
+from leap_rl.models import LayerSlice
+from leap_rl.plasticity import DormantRecycler, bound_unit_steps
 
 
 @dataclass
@@ -43,6 +49,10 @@ class MetaUpdate:
     meta_grad_norm: float
     dropped_stale: tuple[str, ...] = ()
     staleness: tuple[int, ...] = ()
+    units_bounded: int = 0
+    """Units whose step ``meta.max_unit_step`` scaled down."""
+    recycled: dict[str, list[int]] | None = None
+    """Units of the new φ that were recycled, by layer (None: recycling is off)."""
 
 
 @dataclass
@@ -53,8 +63,17 @@ class Rejection:
 
 
 class MetaLearner:
-    def __init__(self, phi: torch.Tensor, cfg: MetaConfig) -> None:
+    def __init__(self, phi: torch.Tensor, cfg: MetaConfig, layout: tuple[LayerSlice, ...] = (),
+                 recycler: DormantRecycler | None = None) -> None:
+        """``layout`` (the encoder's layers in φ) is needed by ``meta.max_unit_step``;
+        ``recycler`` by ``meta.recycle_dormant``."""
+        if cfg.max_unit_step > 0 and not layout:
+            raise ValueError("meta.max_unit_step needs the encoder's layout")
+        if cfg.recycle_dormant and recycler is None:
+            raise ValueError("meta.recycle_dormant needs a DormantRecycler")
         self.cfg = cfg
+        self.layout = layout
+        self.recycler = recycler if cfg.recycle_dormant else None
         self.phi = torch.nn.Parameter(phi.detach().clone().float())
         if cfg.optimizer == "adam":
             self.optimizer: torch.optim.Optimizer = torch.optim.Adam([self.phi], lr=cfg.lr)
@@ -131,24 +150,39 @@ class MetaLearner:
         vectors = [self._tasks[t].vector for t in fresh]
         if self.cfg.normalize_tasks:
             vectors = [normalized(v) for v in vectors]
-        grad_norm = 0.0
+        grad_norm, bounded, recycled = 0.0, 0, None
         if vectors:
             grad = meta_gradient(vectors)
             grad_norm = float(torch.linalg.vector_norm(grad))
+            before = self.phi.detach().clone() if self.cfg.max_unit_step > 0 else None
             self.optimizer.zero_grad(set_to_none=True)
             self.phi.grad = grad
             self.optimizer.step()
             self.phi.grad = None
+            if before is not None:
+                with torch.no_grad():
+                    bounded = bound_unit_steps(before, self.phi.data, self.layout, self.cfg.max_unit_step)
+            if self.recycler is not None:  # a step without tasks leaves φ as it was
+                with torch.no_grad():
+                    recycled, touched = self.recycler(self.phi.data, self.version + 1)
+                self._reset_moments(touched)
         update = MetaUpdate(
             version=self.version + 1, tasks=tuple(fresh),
             games=tuple(self._tasks[t].game for t in fresh), meta_grad_norm=grad_norm,
             dropped_stale=tuple(stale),
             staleness=tuple(self.version - self._tasks[t].init_version for t in fresh),
+            units_bounded=bounded, recycled=recycled,
         )
         for t in ids:
             del self._tasks[t]
         self.version += 1
         return update
+
+    def _reset_moments(self, index: torch.Tensor) -> None:
+        """Zero the optimizer's per-coordinate state (Adam's moments) at ``index``."""
+        for value in self.optimizer.state.get(self.phi, {}).values():
+            if isinstance(value, torch.Tensor) and value.shape == self.phi.shape:
+                value[index] = 0.0
 
     def current(self) -> tuple[int, torch.Tensor]:
         return self.version, self.phi.detach().clone()

@@ -1,5 +1,6 @@
 """Meta-training in one process (Algorithm 1 of the paper, synchronous), and the pieces that
-the Ray driver shares with it: the probe batch, the meta-step row, the checkpoint state.
+the Ray driver shares with it: the learner with its guards, the probe batch and probe tasks,
+the meta-step and probe rows, the checkpoint state.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from leap_rl.config import RunConfig, dumps_toml
 from leap_rl.envs import make_vec_env
 from leap_rl.messages import TaskResult
 from leap_rl.meta_learner import MetaLearner, MetaUpdate
-from leap_rl.models import ActorCritic, dead_unit_fraction, initial_encoder
+from leap_rl.diagnostics import encoder_diagnostics
+from leap_rl.models import ActorCritic, dead_unit_fraction, encoder_layout, initial_encoder
+from leap_rl.plasticity import DormantRecycler
 from leap_rl.run_dir import RunDir
-from leap_rl.schedule import derived_seed, meta_training_games, plan_tasks
+from leap_rl.schedule import derived_seed, meta_training_games, plan_probes, plan_tasks, probe_due
 from leap_rl.task import TaskRunner
 
 Printer = Callable[[str], None]
@@ -47,9 +50,36 @@ def encoder_dead_fraction(cfg: RunConfig, phi: torch.Tensor, probe: torch.Tensor
     return dead_unit_fraction(model, probe)
 
 
-def meta_step_row(update: MetaUpdate, results: list[TaskResult], dead_fraction: float,
+def build_meta_learner(cfg: RunConfig, probe: torch.Tensor | None = None) -> MetaLearner:
+    """The learner of a run, from φ_0, with the plasticity guards its config asks for
+    (recycling needs the probe frames)."""
+    if cfg.meta.recycle_dormant and probe is None:
+        raise ValueError("meta.recycle_dormant needs the probe frames")
+    layout = encoder_layout(ActorCritic(cfg.model, num_actions=1))
+    recycler = (DormantRecycler(cfg.model, probe, cfg.meta.recycle_tau, cfg.seed)
+                if cfg.meta.recycle_dormant else None)
+    return MetaLearner(initial_encoder(cfg.model, cfg.seed), cfg.meta, layout, recycler)
+
+
+def phi_diagnostics(cfg: RunConfig, phi: torch.Tensor, probe: torch.Tensor) -> dict:
+    """Dormant and dead units of φ, and how far each layer moved from φ_0."""
+    return encoder_diagnostics(cfg.model, phi, initial_encoder(cfg.model, cfg.seed), probe,
+                               cfg.runtime.dormant_tau)
+
+
+def probe_row(version: int, results: list[TaskResult]) -> dict:
+    """The ``"event": "probe"`` row: the fixed probe tasks trained from φ_version."""
+    return {
+        "event": "probe", "version": version,
+        "probe_path_length": float(np.mean([r.path_length for r in results])),
+        "tasks": [{"game": r.game, "path_length": r.path_length,
+                   "final_return_mean": r.final_return_mean} for r in results],
+    }
+
+
+def meta_step_row(update: MetaUpdate, results: list[TaskResult], diagnostics: dict,
                   env_steps_total: int, seconds: float, elapsed: float) -> dict:
-    """The ``"event": "meta_step"`` row of metrics.jsonl.
+    """The ``"event": "meta_step"`` row of metrics.jsonl; ``diagnostics`` from ``phi_diagnostics``.
 
     Speed counts every task run; the other figures only the tasks that entered the update.
     """
@@ -66,7 +96,11 @@ def meta_step_row(update: MetaUpdate, results: list[TaskResult], dead_fraction: 
         "games": list(update.games),
         "path_length": mean([r.path_length for r in results]),
         "meta_grad_norm": update.meta_grad_norm,
-        "dead_unit_fraction": dead_fraction,
+        **diagnostics,
+        "units_bounded": update.units_bounded,
+        **({} if update.recycled is None else
+           {"recycled_units": sum(len(u) for u in update.recycled.values()),
+            "recycled_by_layer": {k: len(u) for k, u in update.recycled.items()}}),
         "env_steps_total": env_steps_total,
         "fps": steps / max(seconds, 1e-9),
         "seconds": seconds,
@@ -99,19 +133,27 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
                    echo: Printer = print) -> MetaLearner:
     """All tasks of every meta-step, one after another, in this process."""
     games = meta_training_games(cfg)
-    learner = MetaLearner(initial_encoder(cfg.model, cfg.seed), cfg.meta)
+    probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
+    learner = build_meta_learner(cfg, probe)
     env_steps_total, elapsed = 0, 0.0
     state = run.load_checkpoint() if resume else None
     if state is not None:
         learner.load_state_dict(state["learner"])
         env_steps_total, elapsed = state["env_steps_total"], state["elapsed"]
         torch.set_rng_state(state["torch_rng"])
-    probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
     runner = TaskRunner(cfg)
     logged_rejections = 0
+
+    def run_probes(version: int, phi: torch.Tensor) -> None:
+        if probe_due(cfg, version):
+            row = probe_row(version, [runner.run(spec, phi) for spec in plan_probes(cfg, games, version)])
+            run.log(row)
+            echo(format_probe(row))
+
     while learner.version < cfg.meta.meta_steps:
         start = time.perf_counter()
         version, phi = learner.current()
+        run_probes(version, phi)
         results = []
         for spec in plan_tasks(cfg, games, version):
             result = runner.run(spec, phi, learner.add_segment,
@@ -127,11 +169,13 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
         seconds = time.perf_counter() - start
         env_steps_total += sum(r.env_steps for r in results)
         elapsed += seconds
-        row = meta_step_row(update, results, encoder_dead_fraction(cfg, learner.phi.detach(), probe),
+        row = meta_step_row(update, results, phi_diagnostics(cfg, learner.phi.detach(), probe),
                             env_steps_total, seconds, elapsed)
         run.log(row)
         run.save_checkpoint(checkpoint_state(cfg, learner.state_dict(), env_steps_total, elapsed))
         echo(format_meta_step(row, cfg.meta.meta_steps))
+    if not resume or state is None or state["version"] < cfg.meta.meta_steps:
+        run_probes(*learner.current())  # the final φ
     return learner
 
 
@@ -144,6 +188,11 @@ def _task_row(result: TaskResult) -> dict:
 def format_meta_step(row: dict, total: int) -> str:
     returns = ", ".join(f"{g} {v:.1f}" for g, v in row["episode_return_mean"].items() if v == v)
     return (f"meta-step {row['version']}/{total}: {row['tasks']} tasks, path length "
-            f"{row['path_length']:.3f}, |G| {row['meta_grad_norm']:.3g}, dead units "
-            f"{100 * row['dead_unit_fraction']:.0f}%, {row['fps']:.0f} env steps/s"
-            + (f", scores: {returns}" if returns else ""))
+            f"{row['path_length']:.3f}, |G| {row['meta_grad_norm']:.3g}, dormant units "
+            f"{100 * row['dormant_fraction']:.1f}% (dead {100 * row['dead_unit_fraction']:.0f}%), "
+            f"{row['fps']:.0f} env steps/s" + (f", scores: {returns}" if returns else ""))
+
+
+def format_probe(row: dict) -> str:
+    return (f"probe of φ_{row['version']}: path length {row['probe_path_length']:.3f} "
+            f"over {len(row['tasks'])} fixed tasks")

@@ -8,6 +8,7 @@ freshly initialised for every task: their sizes depend on the game (LEAP.md §4)
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -17,23 +18,23 @@ from leap_rl.config import ModelConfig
 FRAMES = 4  # stacked grey frames (DeepMind preprocessing)
 
 
-def _conv_trunk(network: str) -> tuple[nn.Sequential, int, int]:
+def _conv_trunk(network: str, layer_norm: bool) -> tuple[nn.Sequential, int, int]:
     """(conv layers, flattened conv output size, FC width)."""
     if network == "mnih2013":  # Mnih et al. 2013, the paper's network
-        convs = nn.Sequential(
-            nn.Conv2d(FRAMES, 16, 8, stride=4), nn.ReLU(),
-            nn.Conv2d(16, 32, 4, stride=2), nn.ReLU(),
-            nn.Flatten(),
-        )
-        return convs, 32 * 9 * 9, 256
-    # Nature CNN, Mnih et al. 2015
-    convs = nn.Sequential(
-        nn.Conv2d(FRAMES, 32, 8, stride=4), nn.ReLU(),
-        nn.Conv2d(32, 64, 4, stride=2), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, stride=1), nn.ReLU(),
-        nn.Flatten(),
-    )
-    return convs, 64 * 7 * 7, 512
+        shapes = [(FRAMES, 16, 8, 4, 20), (16, 32, 4, 2, 9)]
+        width = 256
+    else:  # Nature CNN, Mnih et al. 2015
+        shapes = [(FRAMES, 32, 8, 4, 20), (32, 64, 4, 2, 9), (64, 64, 3, 1, 7)]
+        width = 512
+    layers: list[nn.Module] = []
+    for c_in, c_out, kernel, stride, side in shapes:  # side: the output's height and width
+        layers.append(nn.Conv2d(c_in, c_out, kernel, stride=stride))
+        if layer_norm:
+            layers.append(nn.LayerNorm([c_out, side, side]))
+        layers.append(nn.ReLU())
+    layers.append(nn.Flatten())
+    c_last, side_last = shapes[-1][1], shapes[-1][4]
+    return nn.Sequential(*layers), c_last * side_last * side_last, width
 
 
 def _orthogonal(module: nn.Module, gain: float) -> None:
@@ -48,8 +49,9 @@ class ActorCritic(nn.Module):
 
     def __init__(self, cfg: ModelConfig, num_actions: int, device: torch.device | str = "cpu") -> None:
         super().__init__()
-        convs, conv_out, width = _conv_trunk(cfg.network)
-        fc = nn.Sequential(nn.Linear(conv_out, width), nn.ReLU())
+        convs, conv_out, width = _conv_trunk(cfg.network, cfg.layer_norm)
+        fc = nn.Sequential(nn.Linear(conv_out, width),
+                           *([nn.LayerNorm(width)] if cfg.layer_norm else []), nn.ReLU())
         _orthogonal(convs, math.sqrt(2))
         _orthogonal(fc, math.sqrt(2))
         if cfg.encoder_includes_fc:
@@ -102,6 +104,38 @@ def _flatten_into_views(params: list[nn.Parameter]) -> torch.Tensor:
         p.data = flat[offset:offset + n].view_as(p)
         offset += n
     return flat
+
+
+@dataclass(frozen=True)
+class LayerSlice:
+    """Where one weight layer of the encoder lives in the flat φ; its units are its outputs
+    (a conv's channels, a linear layer's rows)."""
+
+    name: str
+    """conv1, conv2, (conv3), fc: in forward order."""
+    weight: slice
+    weight_shape: tuple[int, ...]
+    bias: slice
+
+    @property
+    def units(self) -> int:
+        return self.weight_shape[0]
+
+
+def encoder_layout(model: ActorCritic) -> tuple[LayerSlice, ...]:
+    """The weight layers of ``model.encoder`` with their places in ``model.encoder_flat``
+    (LayerNorm parameters, when present, lie between them and belong to no layer)."""
+    flat = model.encoder_flat
+    def place(t: torch.Tensor) -> slice:
+        start = (t.data_ptr() - flat.data_ptr()) // flat.element_size()
+        return slice(start, start + t.numel())
+    layers, convs = [], 0
+    for m in model.encoder.modules():
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            convs += isinstance(m, nn.Conv2d)
+            name = f"conv{convs}" if isinstance(m, nn.Conv2d) else "fc"
+            layers.append(LayerSlice(name, place(m.weight), tuple(m.weight.shape), place(m.bias)))
+    return tuple(layers)
 
 
 def encoder_size(cfg: ModelConfig) -> int:

@@ -17,14 +17,17 @@ def _pyplot():
 
 
 def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -> Path:
-    """Task runs: score against env steps per game. Meta runs: also path length and dead units."""
+    """Task runs: score against env steps per game. Meta runs: also the path length (the
+    training tasks' and the fixed probe tasks'), dormant and dead units of φ, and how far each
+    layer of φ moved."""
     run = RunDir(run_dir, tensorboard=False)
     if not (Path(run_dir) / METRICS).exists():
         raise ConfigError(f"{str(run_dir)!r} holds no {METRICS}")
     progress = [r for r in run.rows("progress") if r.get("episode_return_mean") is not None]
     meta = run.rows("meta_step")
+    probes = {r["version"]: r for r in run.rows("probe")}  # a re-run meta-step's probe replaces its first
     plt = _pyplot()
-    panels = 1 + (2 if meta else 0)
+    panels = 1 + (3 if meta else 0)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)
     ax = axes[0][0]
     curves: dict[str, list[tuple[int, float]]] = defaultdict(list)
@@ -41,15 +44,36 @@ def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -
         ax.legend(fontsize=7)
     ax.grid(alpha=0.3)
     if meta:
-        versions = [r["version"] for r in meta]
-        axes[0][1].plot(versions, [r["path_length"] for r in meta], marker="o")
-        axes[0][1].set_xlabel("meta-step (version of φ)")
-        axes[0][1].set_ylabel("mean path length Σw of the tasks")
-        axes[0][1].grid(alpha=0.3)
-        axes[0][2].plot(versions, [100 * r["dead_unit_fraction"] for r in meta], marker="o", color="C3")
-        axes[0][2].set_xlabel("meta-step (version of φ)")
-        axes[0][2].set_ylabel("dead encoder units on the probe (%)")
-        axes[0][2].grid(alpha=0.3)
+        # a training task of row v started from φ_{v−1}; a probe of version v from φ_v
+        versions = [r["version"] - 1 for r in meta]
+        ax = axes[0][1]
+        ax.plot(versions, [r["path_length"] for r in meta], marker="o", label="meta-training tasks (games vary)")
+        if probes:
+            pv = sorted(probes)
+            ax.plot(pv, [probes[v]["probe_path_length"] for v in pv], marker="s", color="C2",
+                    label="fixed probe tasks (like for like)")
+        ax.set_xlabel("version of φ the tasks started from")
+        ax.set_ylabel("mean path length Σw")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax = axes[0][2]
+        after = [r["version"] for r in meta]
+        if all("dormant_fraction" in r for r in meta):
+            ax.plot(after, [100 * r["dormant_fraction"] for r in meta], marker="o", color="C3",
+                    label="dormant (ReDo score ≤ τ)")
+        ax.plot(after, [100 * r["dead_unit_fraction"] for r in meta], marker="x", color="C1",
+                label="dead (last layer, zero on every frame)")
+        ax.set_xlabel("meta-step (version of φ)")
+        ax.set_ylabel("units of φ on the probe frames (%)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+        ax = axes[0][3]
+        for layer in meta[-1].get("moved_by_layer", {}):
+            ax.plot(after, [100 * r["moved_by_layer"][layer] for r in meta], marker=".", label=layer)
+        ax.set_xlabel("meta-step (version of φ)")
+        ax.set_ylabel("‖φ_l − φ_0,l‖ / ‖φ_0,l‖ (%)")
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out) if out is not None else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=110)

@@ -49,3 +49,24 @@ def plan_tasks(cfg: RunConfig, games: tuple[str, ...], version: int) -> list[Tas
                  seed=derived_seed(cfg.seed, version, slot), env_steps=cfg.meta.env_steps_per_task)
         for slot, game in enumerate(chosen)
     ]
+
+
+PROBE_STREAM = 0x960BE
+
+
+def probe_due(cfg: RunConfig, version: int) -> bool:
+    """Whether φ_version is probed: φ_0, every ``runtime.probe_every`` versions, and the last."""
+    r = cfg.runtime
+    return r.probe_tasks > 0 and (version % r.probe_every == 0 or version == cfg.meta.meta_steps)
+
+
+def plan_probes(cfg: RunConfig, games: tuple[str, ...], version: int) -> list[TaskSpec]:
+    """The probe tasks of φ_version: the same games and seeds at every version (the games
+    cycle through the meta-training games in order), so their path lengths compare like for
+    like across meta-steps."""
+    return [
+        TaskSpec(task_id=f"probe-v{version:05d}-t{slot:03d}", game=games[slot % len(games)],
+                 init_version=version, seed=derived_seed(cfg.seed, PROBE_STREAM, slot),
+                 env_steps=cfg.meta.env_steps_per_task, probe=True)
+        for slot in range(cfg.runtime.probe_tasks)
+    ]

@@ -18,9 +18,10 @@ import torch
 from leap_rl.a2c import A2CLoss, a2c_loss, clip_rewards, n_step_returns
 from leap_rl.config import A2CConfig, RunConfig
 from leap_rl.envs import EpisodeTracker, make_vec_env, num_actions
-from leap_rl.leap import PathAccumulator
+from leap_rl.leap import LeapConfig, PathAccumulator
 from leap_rl.messages import Segment, TaskResult, TaskSpec
 from leap_rl.models import ActorCritic, as_training_batch, encoder_size
+from leap_rl.optim import inner_optimizer
 
 SegmentCallback = Callable[[Segment], None]
 ProgressCallback = Callable[[dict], None]
@@ -63,13 +64,34 @@ class Rollout:
     last_obs: torch.Tensor  # (N, 4, 84, 84) uint8
 
 
+class LeapLoss:
+    """f_i, the loss coordinate Leap sees (``leap.loss_signal``); one per task, since the
+    smoothed signal keeps a running average."""
+
+    def __init__(self, cfg: LeapConfig) -> None:
+        self.cfg = cfg
+        self._smoothed: float | None = None
+
+    def __call__(self, loss: A2CLoss) -> float:
+        if self.cfg.loss_signal == "value":
+            return loss.value.item()
+        total = loss.total.item()
+        if self.cfg.loss_signal == "total":
+            return total
+        beta = self.cfg.loss_smoothing
+        self._smoothed = total if self._smoothed is None else beta * self._smoothed + (1 - beta) * total
+        return self._smoothed
+
+
 def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
-               a2c: A2CConfig, acc: PathAccumulator, grad: torch.Tensor) -> A2CLoss | None:
+               a2c: A2CConfig, acc: PathAccumulator, grad: torch.Tensor,
+               leap_loss: Callable[[A2CLoss], float] | None = None) -> A2CLoss | None:
     """One A2C update on ``rollout``; Leap observes the point θ_i it starts from.
 
     ``grad`` is the flat buffer the encoder's ``.grad`` tensors are views of
-    (``bind_encoder_grads``). Returns the loss terms, or None, touching neither the
-    accumulator nor the parameters, when the loss is not finite.
+    (``bind_encoder_grads``); ``leap_loss`` turns the loss terms into the f Leap sees (default:
+    the total). Returns the loss terms, or None, touching neither the accumulator nor the
+    parameters, when the loss is not finite.
     """
     with torch.no_grad():
         bootstrap = model(rollout.last_obs)[1]
@@ -88,7 +110,8 @@ def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Ro
     if first_grad is None or first_grad.data_ptr() != grad.data_ptr():
         raise RuntimeError("the encoder's gradients no longer live in the Leap buffer "
                            "(were they set to None?)")
-    acc.observe(loss_value, model.encoder_flat, grad)  # raw: clipped in place below
+    f = loss_value if leap_loss is None else leap_loss(loss)
+    acc.observe(f, model.encoder_flat, grad)  # raw: clipped in place below
     if a2c.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), a2c.max_grad_norm)
     optimizer.step()
@@ -118,8 +141,8 @@ class TaskRunner:
         model = ActorCritic(cfg.model, num_actions(spec.game, cfg.env.full_action_space), device)
         if phi is not None:
             model.load_encoder(phi.to(device))
-        optimizer = torch.optim.RMSprop(model.parameters(), lr=a2c.lr, alpha=a2c.rms_alpha,
-                                        eps=a2c.rms_eps)
+        optimizer = inner_optimizer(model.parameters(), a2c)
+        leap_loss = LeapLoss(cfg.leap)
         grad = bind_encoder_grads(model, self._grad)
         env = make_vec_env(spec.game, cfg.env)
         tracker = EpisodeTracker(N)
@@ -186,7 +209,7 @@ class TaskRunner:
                     break
 
                 rollout = Rollout(obs_buf, act_buf, rew_buf, done_buf, last_obs=obs)
-                loss = a2c_update(model, optimizer, rollout, a2c, acc, grad)
+                loss = a2c_update(model, optimizer, rollout, a2c, acc, grad, leap_loss)
                 if loss is None:
                     diverged = True
                     break

@@ -31,11 +31,11 @@ from ray.exceptions import ActorDiedError, RayActorError
 from actors.task_worker import TaskWorker
 from leap_rl.config import RunConfig
 from leap_rl.messages import TaskResult, TaskSpec
-from leap_rl.meta_training import (checkpoint_state, encoder_dead_fraction, format_meta_step,
-                                   meta_step_row, probe_batch)
-from leap_rl.models import initial_encoder
+from leap_rl.meta_training import (checkpoint_state, format_meta_step, format_probe, meta_step_row,
+                                   phi_diagnostics, probe_batch, probe_row)
 from leap_rl.run_dir import RunDir
-from leap_rl.schedule import derived_seed, meta_training_games, plan_tasks, retry_id, sample_games
+from leap_rl.schedule import (derived_seed, meta_training_games, plan_probes, plan_tasks, probe_due,
+                              retry_id, sample_games)
 from learner.learner_actor import LearnerActor
 
 POLL_SECONDS = 1.0
@@ -104,6 +104,46 @@ class _Workers:
             ray.kill(actor)
         self.running.clear()
 
+    def restart(self) -> None:
+        """Fresh workers in every slot, all free (abandons whatever was running)."""
+        self.stop()
+        self.actors = [self._new() for _ in self.actors]
+        self.free = list(range(len(self.actors)))
+
+
+class _Probes:
+    """The fixed probe tasks of the versions of φ that ``probe_due`` picks, run on the workers
+    beside the meta-training tasks; one ``probe`` row per version once all of its are back."""
+
+    def __init__(self, cfg: RunConfig, games: tuple[str, ...], run: RunDir, echo: "_Echo") -> None:
+        self.cfg, self.games, self.run, self.echo = cfg, games, run, echo
+        self.pending: list[tuple[TaskSpec, list, int]] = []
+        """(spec, φ reference, attempt) not yet handed to a worker."""
+        self.results: dict[int, list[TaskResult]] = {}
+
+    def schedule(self, version: int, phi_ref: list) -> None:
+        if probe_due(self.cfg, version) and version not in self.results:
+            self.results[version] = []
+            self.pending += [(spec, phi_ref, 0) for spec in plan_probes(self.cfg, self.games, version)]
+
+    def retry(self, job: _Running, phi_ref: list) -> None:
+        if job.attempt + 1 > MAX_RETRIES:
+            raise RuntimeError(f"probe task {job.spec.task_id} failed {MAX_RETRIES + 1} times")
+        spec = dataclasses.replace(job.spec, task_id=retry_id(job.spec.task_id, job.attempt + 1))
+        self.pending.append((spec, phi_ref, job.attempt + 1))
+
+    def finish(self, result: TaskResult) -> None:
+        done = self.results[result.init_version]
+        done.append(result)
+        if len(done) == self.cfg.runtime.probe_tasks:
+            row = probe_row(result.init_version, sorted(done, key=lambda r: r.task_id))
+            self.run.log(row)
+            self.echo.line(format_probe(row))
+
+    @property
+    def outstanding(self) -> bool:
+        return bool(self.pending) or any(len(r) < self.cfg.runtime.probe_tasks for r in self.results.values())
+
 
 def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
     """Join ``address`` or start a local Ray bound to loopback. True if we started it."""
@@ -146,9 +186,14 @@ class _Echo:
             self.bar = tqdm(total=total, initial=start, unit="meta-step", dynamic_ncols=True)
 
     def __call__(self, line: str) -> None:
+        """A meta-step's line: the bar moves one step."""
+        self.line(line)
+        if self.bar is not None:
+            self.bar.update(1)
+
+    def line(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(line)
-            self.bar.update(1)
         else:
             print(line, flush=True)
 
@@ -168,6 +213,7 @@ class _Session:
     run: RunDir
     probe: torch.Tensor
     echo: _Echo
+    probes: _Probes
     env_steps_total: int = 0
     elapsed: float = 0.0
     rejections_logged: int = 0
@@ -190,7 +236,7 @@ class _Session:
         self.env_steps_total += sum(r.env_steps for r in results)
         self.elapsed += seconds
         state = ray.get(self.learner.state_dict.remote())
-        row = meta_step_row(update, results, encoder_dead_fraction(self.cfg, state["phi"], self.probe),
+        row = meta_step_row(update, results, phi_diagnostics(self.cfg, state["phi"], self.probe),
                             self.env_steps_total, seconds, self.elapsed)
         self.run.log(row)
         self.run.save_checkpoint(checkpoint_state(self.cfg, state, self.env_steps_total, self.elapsed,
@@ -212,18 +258,18 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
     state = run.load_checkpoint() if resume else None
     started = _init_ray(cfg, address, dashboard)
     try:
+        probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
         learner = LearnerActor.options(num_cpus=cfg.runtime.learner_cpus,
-                                       num_gpus=cfg.runtime.learner_gpus).remote(
-            initial_encoder(cfg.model, cfg.seed), cfg.meta, cfg.runtime.torch_threads)
+                                       num_gpus=cfg.runtime.learner_gpus).remote(cfg, probe)
         if state is not None:
             ray.get(learner.load_state_dict.remote(state["learner"]))
             torch.set_rng_state(state["torch_rng"])
         version = ray.get(learner.version.remote())
         run.log({"event": "start", "mode": cfg.meta.mode, "resume": resume, "version": version,
                  "workers": cfg.runtime.workers, "games": list(games)})
-        session = _Session(cfg, games, learner, _Workers(cfg, learner, run), run,
-                           probe_batch(cfg, games, cfg.runtime.dead_unit_probe),
-                           _Echo(cfg.meta.meta_steps, version))
+        echo = _Echo(cfg.meta.meta_steps, version)
+        session = _Session(cfg, games, learner, _Workers(cfg, learner, run), run, probe, echo,
+                           _Probes(cfg, games, run, echo))
         if state is not None:
             session.env_steps_total, session.elapsed = state["env_steps_total"], state["elapsed"]
             session.next_ticket = state.get("next_ticket")
@@ -240,14 +286,32 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
             ray.shutdown()
 
 
+def _run_probes_alone(s: _Session) -> None:
+    """Run the pending probe tasks on otherwise idle workers."""
+    while s.probes.outstanding:
+        while s.probes.pending and s.workers.free:
+            spec, phi_ref, attempt = s.probes.pending.pop(0)
+            s.workers.submit(spec, phi_ref, attempt)
+        done, failed = s.workers.wait()
+        for _job, result in done:
+            s.probes.finish(result)
+        for job in failed:
+            s.probes.retry(job, ray.get(s.learner.current.remote())[1])
+
+
 def _sync_loop(s: _Session) -> None:
     cfg, workers = s.cfg, s.workers
     while True:
         version, phi_ref = ray.get(s.learner.current.remote())
+        s.probes.schedule(version, phi_ref)
         if version >= cfg.meta.meta_steps:
+            _run_probes_alone(s)  # the final φ
             return
         start = time.perf_counter()
-        queue = [(spec, 0) for spec in plan_tasks(cfg, s.games, version)]
+        # the probes of φ_v run beside meta-step v's tasks: both start from φ_v
+        queue = [(spec, 0) for spec, _ref, _attempt in s.probes.pending]
+        s.probes.pending.clear()
+        queue += [(spec, 0) for spec in plan_tasks(cfg, s.games, version)]
         results: dict[str, TaskResult] = {}
         while queue or workers.running:
             while queue and workers.free:
@@ -255,6 +319,9 @@ def _sync_loop(s: _Session) -> None:
                 workers.submit(spec, phi_ref, attempt)
             done, failed = workers.wait()
             for job, result in done:
+                if job.spec.probe:
+                    s.probes.finish(result)
+                    continue
                 results[job.spec.task_id] = result
                 s.log_task(version, result)
             for job in failed:
@@ -273,7 +340,11 @@ def _async_loop(s: _Session) -> None:
     ticket = s.next_ticket if s.next_ticket is not None else version * cfg.meta.tasks_per_step
     waiting: dict[str, TaskResult] = {}
     start = time.perf_counter()
+    s.probes.schedule(version, phi_ref)
     while version < cfg.meta.meta_steps:
+        while workers.free and s.probes.pending:  # probes first: they measure a version of φ
+            spec, probe_ref, attempt = s.probes.pending.pop(0)
+            workers.submit(spec, probe_ref, attempt)
         while workers.free:
             game = sample_games(s.games, 1, cfg.seed, ticket)[0]
             spec = TaskSpec(f"a{ticket:06d}", game, version, derived_seed(cfg.seed, ticket, 1),
@@ -283,8 +354,14 @@ def _async_loop(s: _Session) -> None:
             s.next_ticket = ticket
         done, failed = workers.wait()
         for job in failed:
+            if job.spec.probe:
+                s.probes.retry(job, phi_ref)
+                continue
             ray.get(s.learner.discard_task.remote(job.spec.task_id))  # replaced by a fresh ticket
         for job, result in done:
+            if job.spec.probe:
+                s.probes.finish(result)
+                continue
             s.log_task(version, result)
             if not s.is_dropped(result.task_id):
                 waiting[result.task_id] = result
@@ -294,3 +371,12 @@ def _async_loop(s: _Session) -> None:
             waiting.clear()
             start = time.perf_counter()
             version, phi_ref = ray.get(s.learner.current.remote())
+            s.probes.schedule(version, phi_ref)
+    # Tasks still running started from older versions and can no longer count: end them and
+    # probe the final φ (and any probe still out) on fresh workers.
+    workers.restart()
+    for version_pending in [v for v, r in s.probes.results.items() if len(r) < cfg.runtime.probe_tasks]:
+        del s.probes.results[version_pending]
+        s.probes.pending = [p for p in s.probes.pending if p[0].init_version != version_pending]
+    s.probes.schedule(version, phi_ref)
+    _run_probes_alone(s)

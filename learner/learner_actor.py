@@ -9,16 +9,18 @@ from __future__ import annotations
 import ray
 import torch
 
-from leap_rl.config import MetaConfig
+from leap_rl.config import RunConfig
 from leap_rl.messages import Segment
 from leap_rl.meta_learner import MetaLearner, MetaUpdate, Rejection
+from leap_rl.meta_training import build_meta_learner
 
 
 @ray.remote
 class LearnerActor:
-    def __init__(self, phi: torch.Tensor, cfg: MetaConfig, torch_threads: int = 1) -> None:
-        torch.set_num_threads(torch_threads)
-        self.learner = MetaLearner(phi, cfg)
+    def __init__(self, cfg: RunConfig, probe: torch.Tensor | None = None) -> None:
+        """φ_0 and the plasticity guards come from ``cfg``; ``probe`` is the dormant-unit probe."""
+        torch.set_num_threads(cfg.runtime.torch_threads)
+        self.learner: MetaLearner = build_meta_learner(cfg, probe)
         self._published: tuple[int, ray.ObjectRef] | None = None
 
     def current(self) -> tuple[int, list[ray.ObjectRef]]:
