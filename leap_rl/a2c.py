@@ -5,8 +5,9 @@
     loss  = −mean(A_t log π(a_t|s_t)) + c_v · mean((R_t − V(s_t))²) − c_e · mean(H[π(·|s_t)])
 
 d_t = 1 when the transition at t ended an episode (terminated or truncated). A truncated
-episode did not end in the MDP: its reward gets γ·V(final observation) added by the caller
-before the return is computed, so cutting the recursion there is still correct.
+episode did not end in the MDP: its reward gets γ·V(final observation) added
+(``fold_in_time_limit_bootstrap``) before the return is computed, so cutting the recursion
+there is still correct.
 """
 
 from __future__ import annotations
@@ -25,6 +26,27 @@ def clip_rewards(raw: torch.Tensor, cfg: A2CConfig) -> torch.Tensor:
     if cfg.reward_clip == "clamp":
         return raw.clamp(-cfg.reward_clip_bound, cfg.reward_clip_bound)
     return raw
+
+
+def time_limit_cut(terminated, truncated):
+    """The envs whose episode a time limit cut without the MDP ending it: truncated and not
+    terminated (numpy or torch bool arrays). Only these are bootstrapped through; an episode
+    that terminated on the same step did end, so its value after the step is 0."""
+    return truncated & ~terminated
+
+
+def fold_in_time_limit_bootstrap(reward: torch.Tensor, cut: torch.Tensor, final_values: torch.Tensor,
+                                 gamma: float) -> torch.Tensor:
+    """r_t + γ·V(s_final) where ``cut`` (``time_limit_cut``), r_t elsewhere; a new tensor.
+
+    ``final_values`` holds V of the cut envs' last real observations (``info['final_obs']``,
+    not the reset frame the env returns in their place), one per True in ``cut``, in env order.
+    With d_t = 1 at the cut, ``n_step_returns`` then gives R_t = r_t + γ·V(s_final) there: the
+    return the episode would have had, had it gone on.
+    """
+    out = reward.clone()
+    out[cut] += gamma * final_values
+    return out
 
 
 def n_step_returns(rewards: torch.Tensor, dones: torch.Tensor, bootstrap: torch.Tensor,

@@ -15,7 +15,8 @@ from typing import Callable
 import numpy as np
 import torch
 
-from leap_rl.a2c import A2CLoss, a2c_loss, clip_rewards, n_step_returns
+from leap_rl.a2c import (A2CLoss, a2c_loss, clip_rewards, fold_in_time_limit_bootstrap,
+                         n_step_returns, time_limit_cut)
 from leap_rl.config import A2CConfig, RunConfig
 from leap_rl.envs import EpisodeTracker, make_vec_env, num_actions
 from leap_rl.leap import LeapConfig, PathAccumulator
@@ -197,11 +198,12 @@ class TaskRunner:
                         returns_all.append(score)
                         recent.append(score)
                     reward = clip_rewards(torch.as_tensor(raw_reward, dtype=torch.float32), a2c).to(device)
-                    cut = truncated & ~terminated
+                    cut = time_limit_cut(terminated, truncated)
                     if cut.any():  # a time limit is not a terminal state: bootstrap through it
                         final = torch.from_numpy(info["final_obs"][cut]).to(device)
                         with torch.no_grad():
-                            reward[torch.from_numpy(cut).to(device)] += a2c.gamma * model(final)[1]
+                            reward = fold_in_time_limit_bootstrap(
+                                reward, torch.from_numpy(cut).to(device), model(final)[1], a2c.gamma)
                     rew_buf[t] = reward
                     done_buf[t] = torch.from_numpy(terminated | truncated).to(device, torch.float32)
                     obs = torch.from_numpy(next_obs).to(device)
