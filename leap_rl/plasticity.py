@@ -56,23 +56,23 @@ def recycle_units(phi: torch.Tensor, layout: tuple[LayerSlice, ...],
     from these units (a conv's input channels, or the FC columns fed by those channels) are 0.
     """
     touched = []
-    index = torch.arange(phi.numel()).view(-1)
-    for i, layer in enumerate(layout):
-        ids = units.get(layer.name)
-        if ids is None or len(ids) == 0:
-            continue
+    index = torch.arange(phi.numel())
+    chosen = [(i, layer, units[layer.name]) for i, layer in enumerate(layout)
+              if layer.name in units and len(units[layer.name]) > 0]
+    for _i, layer, ids in chosen:
         fresh = torch.empty(layer.units, math.prod(layer.weight_shape[1:]))
         torch.nn.init.orthogonal_(fresh, math.sqrt(2), generator=generator)
-        rows = phi[layer.weight].view(layer.units, -1)
-        rows[ids] = fresh[ids].to(phi)
+        phi[layer.weight].view(layer.units, -1)[ids] = fresh[ids].to(phi)
         phi[layer.bias][ids] = 0.0
         touched += [index[layer.weight].view(layer.units, -1)[ids].flatten(), index[layer.bias][ids]]
+    # Outgoing weights last, so that a recycled unit of the next layer does not bring back
+    # a connection from a recycled unit through its fresh row.
+    for i, layer, ids in chosen:
         if i + 1 < len(layout):
             nxt = layout[i + 1]
             # (out, in_units, per-unit inputs): a conv's kernel taps, or FC inputs that a
             # channel feeds (Flatten keeps channels outermost).
-            outgoing = phi[nxt.weight].view(nxt.units, layer.units, -1)
-            outgoing[:, ids] = 0.0
+            phi[nxt.weight].view(nxt.units, layer.units, -1)[:, ids] = 0.0
             touched.append(index[nxt.weight].view(nxt.units, layer.units, -1)[:, ids].flatten())
     return torch.cat(touched) if touched else torch.zeros(0, dtype=torch.long)
 
