@@ -6,13 +6,16 @@ import numpy as np
 import pytest
 import torch
 
-from leap_rl.a2c import a2c_loss, clip_rewards, n_step_returns
-from leap_rl.config import A2CConfig, preset
+from leap_rl import task
+from leap_rl.a2c import (a2c_loss, clip_rewards, fold_in_time_limit_bootstrap, n_step_returns,
+                         time_limit_cut)
+from leap_rl.config import A2CConfig, ModelConfig, preset
 from leap_rl.envs import EpisodeTracker, make_vec_env
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import TaskSpec
-from leap_rl.models import ActorCritic, as_training_batch, initial_encoder
+from leap_rl.models import ActorCritic, as_training_batch, encoder_size, initial_encoder
 from leap_rl.task import TaskRunner
+from test_leap import reference_H, reference_increments
 
 torch.set_num_threads(1)
 
@@ -61,6 +64,41 @@ def test_a2c_loss_matches_its_formula_and_pushes_up_advantaged_actions():
     loss.total.backward()
     assert logits.grad[0, 2] < 0  # positive advantage: gradient descent raises this logit
     assert logits.grad[1, 0] > 0  # negative advantage: lowers it
+
+
+def test_a2c_loss_terms_and_gradients_match_their_formulas_one_by_one():
+    """Each term on its own, and the gradients of values and logits by hand: the advantage is a
+    constant (detached), so the policy term sends no gradient into the value head."""
+    cfg = A2CConfig(value_coef=0.7, entropy_coef=0.3)  # not 0.5/0.01: every term must weigh
+    gen = torch.Generator().manual_seed(3)
+    B, A = 5, 4
+    logits = torch.randn(B, A, generator=gen, dtype=torch.float64, requires_grad=True)
+    values = torch.randn(B, generator=gen, dtype=torch.float64, requires_grad=True)
+    actions = torch.tensor([0, 3, 1, 1, 2])
+    returns = torch.randn(B, generator=gen, dtype=torch.float64)
+    loss = a2c_loss(logits, values, actions, returns, cfg)
+
+    z, v = logits.detach(), values.detach()
+    p = torch.softmax(z, -1)
+    logp = torch.log(p)
+    adv = returns - v
+    onehot = torch.nn.functional.one_hot(actions, A).double()
+    H = -(p * logp).sum(-1)
+    policy = -(adv * logp[torch.arange(B), actions]).mean()
+    value = ((v - returns) ** 2).mean()
+    entropy = H.mean()
+    torch.testing.assert_close(loss.policy, policy)
+    torch.testing.assert_close(loss.value, value)
+    torch.testing.assert_close(loss.entropy, entropy)
+    torch.testing.assert_close(loss.total.detach(), policy + 0.7 * value - 0.3 * entropy)
+    assert not (loss.policy.requires_grad or loss.value.requires_grad or loss.entropy.requires_grad)
+
+    loss.total.backward()
+    # d total / d v_b = c_v · 2 (v_b − R_b) / B only: a live advantage would add log π(a_b)/B.
+    torch.testing.assert_close(values.grad, 0.7 * 2 * (v - returns) / B)
+    # d total / d z_bj = −A_b (1[j = a_b] − p_bj) / B + c_e p_bj (log p_bj + H_b) / B
+    want = -adv[:, None] * (onehot - p) / B + 0.3 * p * (logp + H[:, None]) / B
+    torch.testing.assert_close(logits.grad, want)
 
 
 def test_reward_clipping_modes():
@@ -128,15 +166,76 @@ def test_leap_reads_the_raw_gradient_before_clipping():
     assert min(runner.accumulator.grad_norms) > 1e-4  # clipping would cap the total at 1e-4
 
 
-def test_task_segments_sum_to_the_whole_task_and_count_k_minus_one_increments():
-    cfg = small_config()
+def with_meta(cfg, **meta):
+    return dataclasses.replace(cfg, meta=dataclasses.replace(cfg.meta, **meta))
+
+
+class SnapshotAccumulator(PathAccumulator):
+    """The real accumulator, plus a copy of every point it is shown, taken when it is shown
+    (the loop passes live buffers that change after the call)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.points, self.buffers = [], set()
+
+    def observe(self, loss, params, grad):
+        self.points.append((loss, params.detach().numpy().copy(), grad.detach().numpy().copy()))
+        self.buffers.add((params.data_ptr(), grad.data_ptr()))
+        super().observe(loss, params, grad)
+
+
+def run_with_snapshots(cfg, spec):
+    runner = TaskRunner(cfg)
+    runner.accumulator = SnapshotAccumulator(runner.accumulator.num_params, cfg.leap)
     segments = []
-    result = TaskRunner(cfg).run(TaskSpec("t", "pong", 0, seed=1, env_steps=400),
-                                 initial_encoder(cfg.model, 0), segments.append)
-    assert [s.index for s in segments] == list(range(len(segments)))
-    assert segments[-1].final and not any(s.final for s in segments[:-1])
-    assert sum(s.increments for s in segments) == result.updates - 1
-    assert result.path_length == pytest.approx(sum(s.stats.path_length for s in segments))
+    result = runner.run(spec, initial_encoder(cfg.model, 0), segments.append)
+    return result, segments, runner.accumulator
+
+
+@pytest.mark.parametrize("metric", ("energy", "length"))
+def test_loop_segments_match_the_naive_leap_reference_on_the_loops_own_buffers(metric):
+    """The loop hands Leap its live buffers: θ is ``encoder_flat`` (optimizer.step() moves it
+    after the call) and g the gradient buffer (clipped in place after the call). What Leap sends
+    must still be the LEAP.md §2 sum over the points as they were when observed."""
+    cfg = with_meta(small_config(), segment_every=4)
+    cfg = dataclasses.replace(cfg, leap=dataclasses.replace(cfg.leap, metric=metric))
+    result, segments, acc = run_with_snapshots(cfg, TaskSpec("t", "pong", 0, seed=1, env_steps=300))
+    assert len(acc.points) == result.updates == 15 and len(segments) == 4
+    assert len(acc.buffers) == 1  # one θ buffer and one g buffer, reused every update
+    leap = cfg.leap
+    want = torch.from_numpy(reference_H(acc.points, leap.metric, leap.loss, leap.stabilizer))
+    got = -torch.stack([s.vector for s in segments]).sum(0)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    assert float(want.abs().max()) > 1e-3  # the vector is not trivially zero
+    # The path length reported is Σ sqrt(Δf̃² + ‖Δθ‖²) over those points too.
+    incs = reference_increments(acc.points, leap.metric, leap.loss, leap.stabilizer)
+    length = sum(np.sqrt(dft ** 2 + float(np.dot(dth.astype(np.float64), dth))) for _h, dth, _df, dft, _w in incs)
+    assert result.path_length == pytest.approx(length, rel=1e-4)
+    assert sum(s.stats.path_length for s in segments) == pytest.approx(length, rel=1e-4)
+
+
+def test_task_segments_sum_to_an_unsegmented_run_of_the_same_seed():
+    cfg = small_config()
+    spec = TaskSpec("t", "pong", 0, seed=1, env_steps=400)
+    phi = initial_encoder(cfg.model, 0)
+    runs = {}
+    for every in (3, 10 ** 6):  # every 3 updates, and one segment for the whole task
+        segments = []
+        result = TaskRunner(with_meta(cfg, segment_every=every)).run(spec, phi, segments.append)
+        runs[every] = (result, segments)
+    (res_seg, seg), (res_one, one) = runs[3], runs[10 ** 6]
+    assert len(one) == 1 and len(seg) == 7  # 20 updates: at 3, 6, …, 18 and the last
+    assert res_seg.episode_returns == res_one.episode_returns  # the same training, segments aside
+    assert [s.index for s in seg] == list(range(len(seg)))
+    assert seg[-1].final and not any(s.final for s in seg[:-1])
+    assert sum(s.increments for s in seg) == one[0].increments == res_one.updates - 1
+    whole = one[0].vector
+    torch.testing.assert_close(torch.stack([s.vector for s in seg]).sum(0), whole,
+                               rtol=1e-4, atol=1e-5 * float(whole.abs().max()))
+    assert float(whole.abs().max()) > 1e-3
+    assert res_seg.path_length == pytest.approx(res_one.path_length, rel=1e-9)
+    assert res_seg.param_part_norm == pytest.approx(res_one.param_part_norm, rel=1e-4)
+    assert res_seg.loss_part_norm == pytest.approx(res_one.loss_part_norm, rel=1e-4)
 
 
 def test_time_limit_truncation_keeps_training_and_ends_games():
@@ -145,6 +244,83 @@ def test_time_limit_truncation_keeps_training_and_ends_games():
     result = TaskRunner(cfg).run(TaskSpec("t", "pong", 0, seed=1, env_steps=400), initial_encoder(cfg.model, 0))
     assert len(result.episode_returns) >= cfg.env.num_envs  # every env hit the 200-frame limit
     assert not result.diverged
+
+
+def test_time_limit_fold_in_on_literal_values():
+    terminated = np.array([False, True, False, True])
+    truncated = np.array([True, False, False, True])
+    # Only env 0 was cut by the limit; env 3 ended in the MDP on the same step.
+    assert time_limit_cut(terminated, truncated).tolist() == [True, False, False, False]
+    reward = torch.tensor([1.0, 0.0, -1.0, 0.5])
+    cut = torch.from_numpy(time_limit_cut(terminated, truncated))
+    out = fold_in_time_limit_bootstrap(reward, cut, torch.tensor([2.0]), gamma=0.9)
+    torch.testing.assert_close(out, torch.tensor([1.0 + 0.9 * 2.0, 0.0, -1.0, 0.5]))
+    assert reward.tolist() == [1.0, 0.0, -1.0, 0.5]  # a new tensor: the input is left alone
+    # Several cut envs take their final values in env order.
+    out = fold_in_time_limit_bootstrap(reward, torch.tensor([True, False, True, False]),
+                                       torch.tensor([2.0, -1.0]), gamma=0.9)
+    torch.testing.assert_close(out, torch.tensor([2.8, 0.0, -1.9, 0.5]))
+    # Through the returns: the cut step's return is r + γ·V(final), whatever follows it (the
+    # next step belongs to the next episode); the terminated env's is its reward alone.
+    rewards = torch.stack([fold_in_time_limit_bootstrap(torch.tensor([1.0, 1.0]), torch.tensor([True, False]),
+                                                        torch.tensor([2.0]), 0.9),
+                           torch.tensor([5.0, 5.0])])
+    dones = torch.tensor([[1.0, 1.0], [0.0, 0.0]])
+    R = n_step_returns(rewards, dones, bootstrap=torch.tensor([7.0, 7.0]), gamma=0.9)
+    torch.testing.assert_close(R[0], torch.tensor([1.0 + 0.9 * 2.0, 1.0]))
+
+
+def test_rollout_bootstraps_time_limits_from_the_final_frame_and_nothing_else(monkeypatch):
+    """Watch the real loop on a real game: every env step's raw outputs as the env returned
+    them, and the rollout handed to each update. Breakout with 200-frame games has both kinds
+    of episode end: life losses (terminated) and the time limit (truncated)."""
+    cfg = preset("ci")
+    cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, max_episode_frames=200))
+    steps = []  # per env step: (raw reward, terminated, truncated, final_obs, returned obs)
+    real_make = task.make_vec_env
+
+    def recording_env(game, env_cfg):
+        env = real_make(game, env_cfg)
+        real_step = env.step
+
+        def step(actions):
+            obs, raw, terminated, truncated, info = real_step(actions)
+            final = info["final_obs"].copy() if "final_obs" in info else None  # only when a game ended
+            steps.append((raw.copy(), terminated.copy(), truncated.copy(), final, obs.copy()))
+            return obs, raw, terminated, truncated, info
+
+        env.step = step
+        return env
+
+    seen = {"cut": 0, "terminated": 0, "final_vs_reset": 0.0}
+    real_update = task.a2c_update
+
+    def checking_update(model, optimizer, rollout, a2c, *args, **kwargs):
+        # The model is the one that acted (it changes only inside the update).
+        T = rollout.rewards.shape[0]
+        for t, (raw, terminated, truncated, final, obs) in enumerate(steps[-T:]):
+            want = clip_rewards(torch.as_tensor(raw, dtype=torch.float32), a2c)
+            cut = truncated & ~terminated
+            if cut.any():
+                with torch.no_grad():
+                    v_final = model(torch.from_numpy(final[cut]))[1]
+                    v_reset = model(torch.from_numpy(obs[cut]))[1]
+                want[torch.from_numpy(cut)] += a2c.gamma * v_final
+                seen["final_vs_reset"] = max(seen["final_vs_reset"], float((v_final - v_reset).abs().max()))
+            seen["cut"] += int(cut.sum())
+            seen["terminated"] += int(terminated.sum())
+            torch.testing.assert_close(rollout.rewards[t], want, rtol=0, atol=1e-6)
+            torch.testing.assert_close(rollout.dones[t], torch.from_numpy(terminated | truncated).float())
+        return real_update(model, optimizer, rollout, a2c, *args, **kwargs)
+
+    monkeypatch.setattr(task, "make_vec_env", recording_env)
+    monkeypatch.setattr(task, "a2c_update", checking_update)
+    result = TaskRunner(cfg).run(TaskSpec("t", "breakout", 0, seed=1, env_steps=400), initial_encoder(cfg.model, 0))
+    assert len(steps) == result.updates * cfg.a2c.unroll
+    # Both kinds of ending happened, and V(final frame) is far from V(reset frame) compared with
+    # the tolerance, so bootstrapping from the wrong frame, or at life losses, would show.
+    assert seen["cut"] >= cfg.env.num_envs and seen["terminated"] >= cfg.env.num_envs, seen
+    assert seen["final_vs_reset"] > 1e-3, seen
 
 
 def test_channels_last_training_batch_gives_the_same_gradients():
@@ -162,3 +338,37 @@ def test_channels_last_training_batch_gives_the_same_gradients():
         grads.append(torch.cat([p.grad.flatten() for p in model.parameters()]))
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
     assert grads[0].abs().sum() > 0
+
+
+def test_encoder_without_its_fc_layer_is_the_convolutions_alone():
+    """``model.encoder_includes_fc = false``: φ is the two convolutions of the Mnih-2013 network
+    (16×4×8×8 + 16, 32×16×4×4 + 32 numbers); the FC-256 layer is per game, fresh with the heads,
+    trained by A2C but never seen by Leap."""
+    model_cfg = ModelConfig(network="mnih2013", encoder_includes_fc=False)
+    n = 16 * 4 * 8 * 8 + 16 + 32 * 16 * 4 * 4 + 32
+    assert encoder_size(model_cfg) == n == initial_encoder(model_cfg, 0).numel()
+    assert encoder_size(ModelConfig(network="mnih2013")) == n + 32 * 9 * 9 * 256 + 256
+    phi = initial_encoder(model_cfg, 0)
+    models = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        m = ActorCritic(model_cfg, num_actions=6)
+        m.load_encoder(phi)
+        models.append(m)
+    for m in models:
+        convs = torch.cat([p.detach().flatten() for p in m.encoder.parameters()])
+        assert torch.equal(convs, phi)
+        assert not any(isinstance(x, torch.nn.Linear) for x in m.encoder.modules())
+    fc = [torch.cat([p.detach().flatten() for p in m.torso.parameters()]) for m in models]
+    assert fc[0].numel() == 32 * 9 * 9 * 256 + 256 and not torch.equal(fc[0], fc[1])  # fresh per task
+    frames = torch.randint(0, 255, (3, 4, 84, 84), dtype=torch.uint8)
+    logits, values = models[0](frames)
+    assert logits.shape == (3, 6) and values.shape == (3,)
+
+    # A real task: segments have φ's size and the FC layer learns outside of them.
+    cfg = preset("ci")
+    cfg = dataclasses.replace(cfg, model=model_cfg)
+    result, segments, acc = run_with_snapshots(cfg, TaskSpec("t", "pong", 0, seed=1, env_steps=200))
+    assert all(s.vector.shape == (n,) for s in segments)
+    assert np.array_equal(acc.points[0][1], phi.numpy())  # Leap's first θ is φ itself
+    assert not np.array_equal(acc.points[-1][1], acc.points[0][1])  # and the convolutions train

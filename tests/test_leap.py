@@ -107,6 +107,31 @@ def test_accumulator_matches_naive_reference(metric, loss, stabilizer):
     assert np.abs(expected).max() > 1e-3
 
 
+@pytest.mark.parametrize("metric,loss,stabilizer", COMBOS, ids=COMBO_IDS)
+def test_accumulator_copies_buffers_the_caller_changes_after_observe(metric, loss, stabilizer):
+    """The training loop passes the SAME two buffers every step: θ (the encoder's flat
+    parameters, which optimizer.step() moves after observe) and g (the gradient buffer, which
+    clipping scales in place after observe). Leap must keep the values, not the buffers."""
+    rng = np.random.default_rng(77)
+    n, K = 6, 12
+    points = random_points(rng, K, n)
+    acc = make_acc(n, metric, loss, stabilizer)
+    theta = torch.zeros(n, dtype=torch.float64)
+    grad = torch.zeros(n, dtype=torch.float64)
+    total = torch.zeros(n, dtype=torch.float64)
+    for i, (f, th, g) in enumerate(points):
+        theta.copy_(torch.from_numpy(th))
+        grad.copy_(torch.from_numpy(g))
+        acc.observe(f, theta, grad)
+        grad.mul_(0.1)  # clipping, in place
+        theta.add_(1.0)  # a step that the next observe overwrites with the real next point
+        if i % 5 == 4:
+            total += acc.flush()
+    total += acc.flush()
+    np.testing.assert_allclose(-total.numpy(), reference_H(points, metric, loss, stabilizer),
+                               rtol=1e-10, atol=1e-12)
+
+
 def test_flag_combinations_give_different_vectors():
     rng = np.random.default_rng(7)
     points = random_points(rng, 12, 5)
@@ -438,6 +463,27 @@ def test_discarded_task_refuses_late_segments():
     assert learner.is_dropped("a")
     assert not learner.add_segment(seg("a", torch.ones(2), index=1, final=True))
     assert learner.complete_tasks() == []
+
+
+def test_a_dead_workers_partial_task_never_reaches_phi_and_its_retry_counts_once():
+    """What the driver does when a worker dies mid-task: the learner already holds some of the
+    task's segments; ``discard_task`` must throw them away, refuse the dead worker's segments
+    still in flight (even a final one), and leave the retry, under its new id, counted alone."""
+    phi0 = torch.zeros(3)
+    learner = sgd_learner(phi0)
+    assert learner.add_segment(seg("v0-t0", torch.full((3,), 100.0), index=0, final=False))
+    assert learner.add_segment(seg("v0-t0", torch.full((3,), 100.0), index=1, final=False))
+    learner.discard_task("v0-t0")
+    # In flight when the worker died: the next segment, which happens to be the final one.
+    assert not learner.add_segment(seg("v0-t0", torch.full((3,), 100.0), index=2, final=True))
+    assert learner.complete_tasks() == []
+    assert learner.rejections == []  # refused because discarded, not logged as a bad segment
+    retry = torch.tensor([1.0, 2.0, 3.0])
+    assert learner.add_segment(seg("v0-t0-r1", retry, index=0, final=True))
+    assert learner.complete_tasks() == ["v0-t0-r1"]
+    update = learner.step()  # default: every complete task
+    assert update.tasks == ("v0-t0-r1",)
+    torch.testing.assert_close(learner.phi.detach(), phi0 + retry)
 
 
 def test_segments_sum_like_one_big_vector():
