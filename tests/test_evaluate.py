@@ -12,7 +12,6 @@ import math
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -66,7 +65,7 @@ def meta(tmp_path_factory) -> dict[str, Path]:
                                     cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for name, extra in runs.items()}
     for name, proc in procs.items():
-        output, _ = proc.communicate(timeout=180)
+        output, _ = proc.communicate(timeout=600)  # a generous limit: a loaded 2-core machine is slow
         assert proc.returncode == 0, output[-3000:]
     return {name: root / name for name in runs}
 
@@ -154,12 +153,17 @@ def test_resume_trains_only_what_is_missing(meta, evaluation, capsys):
     old = [json.loads(p.read_text()) for p in missing]
     for p in missing:
         p.unlink()
-    before = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
-    time.sleep(0.01)
+    # Run files are written to a temporary file and renamed, so a rewritten file has a new inode
+    # whatever the clock's resolution: no need to wait for the mtime to move.
+    def identity(p: Path) -> tuple[int, int]:
+        st = p.stat()
+        return st.st_ino, st.st_mtime_ns
+
+    before = {p.name: identity(p) for p in runs.glob("*.json")}
     assert call(*eval_args(meta, evaluation, "--resume")) == 0
     out = capsys.readouterr().out
     assert "5 of 6 agents already trained, 1 to go" in out
-    after = {p.name: p.stat().st_mtime_ns for p in runs.glob("*.json")}
+    after = {p.name: identity(p) for p in runs.glob("*.json")}
     assert all(p.exists() for p in missing)
     assert {k: after[k] for k in before} == before
     # A retrained agent is the same agent (same seed, same φ, one thread): the same games.
@@ -270,3 +274,73 @@ def test_permutation_exact():
     assert permutation_p(list(range(6)), list(range(100, 106))) == pytest.approx(2 / math.comb(12, 6))
     # Too many splits to enumerate: Monte Carlo, never 0.
     assert 0 < permutation_p(list(range(10)), list(range(100, 110))) < 1e-3
+
+
+# ------------------------------------------------------------------------------ analyse on known numbers
+
+def _write_run(out: Path, game: str, init: str, i: int, curve, final, episodes, path_length, diverged=False):
+    path = evaluate.run_file(out, game, init, i)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    row = {"progress": [{"env_steps": s, "episode_return_mean": r, "episodes": 0} for s, r in curve],
+           "final_return_mean": final, "episodes": episodes, "path_length": path_length,
+           "diverged": diverged, "seconds": 2.0}
+    path.write_text(json.dumps(row))
+
+
+def test_analyse_on_hand_made_runs_gives_the_numbers_worked_out_by_hand(tmp_path):
+    """Two inits, three seeds, a grid of three points, with gaps (no game finished yet: null;
+    a seed with no finished game at all). Every figure below is worked out by hand."""
+    from leap_rl.config import preset
+
+    game = "pong"
+    plan = evaluate.Plan(preset("ci"), (game,), (evaluate.Init("a", "a-run"), evaluate.Init("b", "b-run")),
+                         (11, 22, 33), 300, tmp_path)
+    # init a: the curves' means over the grid points where they are defined are 3, 3 and 5.
+    _write_run(tmp_path, game, "a", 0, [(100, None), (200, 2.0), (300, 4.0)], 4.0, 3, 1.0)
+    _write_run(tmp_path, game, "a", 1, [(100, 1.0), (200, 3.0), (300, 5.0)], 5.0, 4, 2.0)
+    _write_run(tmp_path, game, "a", 2, [(100, 0.0), (200, 6.0), (300, 9.0)], 9.0, 5, 3.0)
+    # init b: AUCs 2/3 and 2/3; the third seed never finished a game (and diverged).
+    _write_run(tmp_path, game, "b", 0, [(100, 0.0), (200, 1.0), (300, 1.0)], 1.0, 2, 4.0)
+    _write_run(tmp_path, game, "b", 1, [(100, 0.0), (200, 0.0), (300, 2.0)], 2.0, 2, 5.0)
+    _write_run(tmp_path, game, "b", 2, [(100, None), (200, None), (300, None)], None, 0, 6.0, diverged=True)
+
+    g = evaluate.analyse(plan)["per_game"][game]
+    assert g["grid"] == [100, 200, 300]
+    a, b = g["inits"]["a"], g["inits"]["b"]
+    assert a["auc"]["per_seed"] == pytest.approx([3.0, 3.0, 5.0])
+    assert a["auc"]["mean"] == pytest.approx(11 / 3) and a["auc"]["sd"] == pytest.approx(math.sqrt(4 / 3))
+    assert b["auc"]["per_seed"][:2] == pytest.approx([2 / 3, 2 / 3]) and b["auc"]["per_seed"][2] is None
+    assert b["auc"]["n"] == 2 and b["auc"]["mean"] == pytest.approx(2 / 3)
+    np.testing.assert_allclose(a["curve"]["mean"], [0.5, 11 / 3, 6.0])
+    np.testing.assert_allclose(a["curve"]["min"], [0.0, 2.0, 4.0])
+    np.testing.assert_allclose(a["curve"]["max"], [1.0, 6.0, 9.0])
+    assert list(a["curve"]["n"]) == [2, 3, 3] and list(b["curve"]["n"]) == [2, 2, 2]
+    np.testing.assert_allclose(b["curve"]["mean"], [0.0, 0.5, 1.5])
+    assert a["final"]["mean"] == pytest.approx(6.0) and a["final"]["sd"] == pytest.approx(math.sqrt(7))
+    assert b["final"]["per_seed"] == [1.0, 2.0, None] and b["final"]["mean"] == pytest.approx(1.5)
+    assert a["games_finished"]["mean"] == pytest.approx(4.0)
+    assert a["eval_path_length"]["mean"] == pytest.approx(2.0) and b["eval_path_length"]["mean"] == pytest.approx(5.0)
+    assert (a["diverged"], b["diverged"]) == (0, 1)
+    assert a["seconds"] == pytest.approx(6.0)
+
+    (pair,) = g["pairs"]
+    assert (pair["a"], pair["b"]) == ("a", "b")
+    auc = pair["auc"]  # a − b: positive, a is the better one
+    assert (auc["n_a"], auc["n_b"]) == (3, 2)
+    assert auc["diff"] == pytest.approx(3.0)
+    # Welch: var(a)/3 = 4/9, var(b) = 0, so se = 2/3, t = 4.5 and df = 2.
+    assert auc["t"] == pytest.approx(4.5) and auc["df"] == pytest.approx(2.0)
+    assert auc["ci95"] == pytest.approx([3.0 - 4.303 * 2 / 3, 3.0 + 4.303 * 2 / 3], abs=1e-3)
+    assert auc["p_welch"] == pytest.approx(1 - 4.5 / math.sqrt(2 + 4.5 ** 2))  # t with 2 df, closed form
+    # Of the 10 ways to split {3, 3, 5, 2/3, 2/3} into 3 + 2, only the observed one is as extreme.
+    assert auc["p_permutation"] == pytest.approx(0.1)
+    fin = pair["final"]
+    assert fin["diff"] == pytest.approx(4.5) and (fin["n_a"], fin["n_b"]) == (3, 2)
+    assert fin["ci95"][0] < 4.5 < fin["ci95"][1]
+
+    # The report prints the same difference with its sign.
+    results = evaluate.analyse(plan)
+    results["inits_info"] = {name: {"source": name, "version": None, "estimator": "—",
+                                    "dead_unit_fraction": 0.0, "meta_curve": []} for name in ("a", "b")}
+    md = evaluate.markdown(results)
+    assert "| a − b | 3.00 [" in md and "| 4.50 [" in md
