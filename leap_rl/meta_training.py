@@ -67,13 +67,15 @@ def phi_diagnostics(cfg: RunConfig, phi: torch.Tensor, probe: torch.Tensor) -> d
                                cfg.runtime.dormant_tau)
 
 
-def probe_row(version: int, results: list[TaskResult]) -> dict:
-    """The ``"event": "probe"`` row: the fixed probe tasks trained from φ_version."""
+def probe_row(version: int, results: list[TaskResult], diagnostics: dict) -> dict:
+    """The ``"event": "probe"`` row: the fixed probe tasks trained from φ_version, and that
+    φ's diagnostics (so φ_0's dormant fraction is on record too)."""
     return {
         "event": "probe", "version": version,
         "probe_path_length": float(np.mean([r.path_length for r in results])),
         "tasks": [{"game": r.game, "path_length": r.path_length,
                    "final_return_mean": r.final_return_mean} for r in results],
+        **diagnostics,
     }
 
 
@@ -146,7 +148,8 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
 
     def run_probes(version: int, phi: torch.Tensor) -> None:
         if probe_due(cfg, version):
-            row = probe_row(version, [runner.run(spec, phi) for spec in plan_probes(cfg, games, version)])
+            row = probe_row(version, [runner.run(spec, phi) for spec in plan_probes(cfg, games, version)],
+                            phi_diagnostics(cfg, phi, probe))
             run.log(row)
             echo(format_probe(row))
 
@@ -195,4 +198,4 @@ def format_meta_step(row: dict, total: int) -> str:
 
 def format_probe(row: dict) -> str:
     return (f"probe of φ_{row['version']}: path length {row['probe_path_length']:.3f} "
-            f"over {len(row['tasks'])} fixed tasks")
+            f"over {len(row['tasks'])} fixed tasks; dormant units {100 * row['dormant_fraction']:.1f}%")

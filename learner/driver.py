@@ -115,15 +115,18 @@ class _Probes:
     """The fixed probe tasks of the versions of φ that ``probe_due`` picks, run on the workers
     beside the meta-training tasks; one ``probe`` row per version once all of its are back."""
 
-    def __init__(self, cfg: RunConfig, games: tuple[str, ...], run: RunDir, echo: "_Echo") -> None:
-        self.cfg, self.games, self.run, self.echo = cfg, games, run, echo
+    def __init__(self, cfg: RunConfig, games: tuple[str, ...], run: RunDir, echo: "_Echo",
+                 frames: torch.Tensor) -> None:
+        self.cfg, self.games, self.run, self.echo, self.frames = cfg, games, run, echo, frames
         self.pending: list[tuple[TaskSpec, list, int]] = []
         """(spec, φ reference, attempt) not yet handed to a worker."""
         self.results: dict[int, list[TaskResult]] = {}
+        self.diagnostics: dict[int, dict] = {}
 
     def schedule(self, version: int, phi_ref: list) -> None:
         if probe_due(self.cfg, version) and version not in self.results:
             self.results[version] = []
+            self.diagnostics[version] = phi_diagnostics(self.cfg, ray.get(phi_ref[0]), self.frames)
             self.pending += [(spec, phi_ref, 0) for spec in plan_probes(self.cfg, self.games, version)]
 
     def retry(self, job: _Running, phi_ref: list) -> None:
@@ -136,7 +139,8 @@ class _Probes:
         done = self.results[result.init_version]
         done.append(result)
         if len(done) == self.cfg.runtime.probe_tasks:
-            row = probe_row(result.init_version, sorted(done, key=lambda r: r.task_id))
+            row = probe_row(result.init_version, sorted(done, key=lambda r: r.task_id),
+                            self.diagnostics[result.init_version])
             self.run.log(row)
             self.echo.line(format_probe(row))
 
@@ -269,7 +273,7 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
                  "workers": cfg.runtime.workers, "games": list(games)})
         echo = _Echo(cfg.meta.meta_steps, version)
         session = _Session(cfg, games, learner, _Workers(cfg, learner, run), run, probe, echo,
-                           _Probes(cfg, games, run, echo))
+                           _Probes(cfg, games, run, echo, probe))
         if state is not None:
             session.env_steps_total, session.elapsed = state["env_steps_total"], state["elapsed"]
             session.next_ticket = state.get("next_ticket")

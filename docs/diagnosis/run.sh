@@ -12,7 +12,7 @@ seeds=${SEEDS:-"0 1"}
 base=(--preset quick --runtime sequential --set meta.meta_steps=6 --set meta.env_steps_per_task=10000
       --set runtime.probe_tasks=2 --set runtime.probe_every=3)
 # One change each from the quick preset's settings of 2026-12-01 (Adam 1e-4, PyTorch RMSprop,
-# FC-256 in the encoder, f = the A2C total), except the last ones, which combine.
+# FC-256 in the encoder, f = the A2C total); the second round varies the first round's best.
 declare -A variant=(
   [adam]=""
   [sgd]="--set meta.optimizer=\"sgd\" --set meta.normalize_tasks=true --set meta.lr=0.1"
@@ -23,9 +23,15 @@ declare -A variant=(
   [recycle]="--set meta.recycle_dormant=true"
   [layer_norm]="--set model.layer_norm=true"
   [reptile]="--set leap.loss=false"
+  # round 2, around the first round's best (SGD on unit-norm task vectors)
+  [adam_normalized]="--set meta.normalize_tasks=true"
+  [sgd_lr0.3]="--set meta.optimizer=\"sgd\" --set meta.normalize_tasks=true --set meta.lr=0.3"
+  [sgd_conv_only]="--set meta.optimizer=\"sgd\" --set meta.normalize_tasks=true --set meta.lr=0.1 --set model.encoder_includes_fc=false"
+  [sgd_rmsprop_tf]="--set meta.optimizer=\"sgd\" --set meta.normalize_tasks=true --set meta.lr=0.1 --set a2c.optimizer=\"rmsprop_tf\""
 )
 names=("$@")
-[ ${#names[@]} -gt 0 ] || names=(adam sgd adam_bounded rmsprop_tf conv_only value_f recycle layer_norm reptile)
+[ ${#names[@]} -gt 0 ] || names=(adam sgd adam_bounded rmsprop_tf conv_only value_f recycle layer_norm reptile
+                                 adam_normalized sgd_lr0.3 sgd_conv_only sgd_rmsprop_tf)
 one() {  # name seed
   local dir="$out/$1-s$2"
   if grep -qs '"event": "probe", "version": 6' "$dir/metrics.jsonl"; then return 0; fi
