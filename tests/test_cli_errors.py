@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -198,16 +200,39 @@ def test_run_dir_is_a_regular_file(cli, tmp_path):
     assert blocker.read_text() == "keep me\n"
 
 
-@pytest.mark.skipif(hasattr(os, "geteuid") and os.geteuid() == 0, reason="root can write anywhere")
-def test_run_dir_under_a_read_only_dir(cli, tmp_path):
-    ro = tmp_path / "ro"
-    ro.mkdir()
-    ro.chmod(0o555)
+def _as_unprivileged_user() -> list[str]:
+    """A command prefix that drops root (who may write anywhere) to the user nobody, so that a
+    read-only directory is read-only for the command; nothing when not root. CI runs as root."""
+    if not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return []
+    if shutil.which("setpriv"):
+        return ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if shutil.which("runuser"):
+        return ["runuser", "-u", "nobody", "--"]
+    pytest.skip("running as root without setpriv or runuser to drop privileges")
+
+
+@pytest.mark.parametrize("target", ["ro/run", "ro"], ids=["new-dir-under-read-only", "read-only-dir"])
+def test_run_dir_in_a_read_only_dir(target):
+    """The real command line, as a user who may not write there (the parent must be readable by
+    that user, so not pytest's private tmp_path): exit 2, one line, nothing created."""
+    prefix = _as_unprivileged_user()
+    base = Path(tempfile.mkdtemp(prefix="leap-rl-ro-"))
     try:
-        rc, _out, err = cli("task", "--game", "pong", "--env-steps", "100", "--run-dir", str(ro / "run"))
-        assert "run-dir" in assert_one_line_error(rc, err)
+        base.chmod(0o755)
+        ro = base / "ro"
+        ro.mkdir()
+        ro.chmod(0o555)
+        exe = [str(LEAP_RL)] if LEAP_RL.exists() else [sys.executable, "-m", "leap_rl.cli"]
+        p = subprocess.run(prefix + exe + ["task", "--game", "pong", "--env-steps", "100", "--preset", "ci",
+                                           "--run-dir", str(base / target)],
+                           capture_output=True, text=True, cwd=REPO, env=_env(), timeout=SUBPROCESS_TIMEOUT)
+        line = assert_one_line_error(p.returncode, p.stderr)
+        assert "run-dir" in line and "not writable" in line, line
+        assert list(ro.iterdir()) == []
     finally:
-        ro.chmod(0o755)
+        (base / "ro").chmod(0o755)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.mark.parametrize("command", ["task", "train-sequential", "train-ray"])
