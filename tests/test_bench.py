@@ -34,28 +34,56 @@ def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
     res = json.loads(out.read_text())
     assert res["setup"]["game"] == "pong" and res["setup"]["network"] == "mnih2013"
     assert res["machine"]["torch_threads"] == 1
+    N, T = res["setup"]["num_envs"], res["setup"]["unroll"]
+    assert (N, T) == (4, 5)  # the ci preset's
+    lim = res["limits"]
     for clock in ("env_steps_per_s", "env_steps_per_cpu_s"):
-        rates = res["limits"][clock]
+        rates = lim[clock]
         assert set(rates) == {"env", "act", "update", "limit"}
         assert all(positive(v) for v in rates.values())
-        # the limit is below each of its parts
-        assert rates["limit"] < min(rates["env"], rates["act"], rates["update"])
+        # The limit is the serial one of exactly these three parts (one core does them in turn).
+        assert rates["limit"] == pytest.approx(bench.serial_limit(rates["env"], rates["act"], rates["update"]))
+    # One repetition: the per-step times and the rates are two views of the same measurements.
+    wall = lim["env_steps_per_s"]
+    assert lim["env_step_ms"] == pytest.approx(1e3 * N / wall["env"])
+    assert lim["act_ms"] == pytest.approx(1e3 * N / wall["act"])
+    assert lim["update_ms"] == pytest.approx(1e3 * N * T / wall["update"])
     loop = res["loop"]
-    for key in ("env_steps_per_s", "env_steps_per_cpu_s", "fraction_of_limit",
-                "fraction_of_limit_cpu", "whole_call_env_steps_per_s"):
+    for key in ("env_steps_per_s", "env_steps_per_cpu_s", "whole_call_env_steps_per_s"):
         assert positive(loop[key]), key
+    assert loop["fraction_of_limit"] == pytest.approx(loop["env_steps_per_s"] / wall["limit"])
+    assert loop["fraction_of_limit_cpu"] == pytest.approx(loop["env_steps_per_cpu_s"] / lim["env_steps_per_cpu_s"]["limit"])
+    # The loop ran whole updates (at least 4) and was timed from the first progress row (after
+    # update 1) to the last, so one update's steps are outside the timed window.
+    whole = loop["whole_call_env_steps"]
+    assert whole % (N * T) == 0 and whole >= 4 * N * T
+    assert loop["env_steps_timed"] == whole - N * T
     assert positive(res["task_setup"]["make_vec_env_s"])
     assert set(res["leap_overhead"]) == {"mnih2013", "nature"}
     for row in res["leap_overhead"].values():
-        for key in ("update_ms", "leap_ms", "fraction", "old_gather_ms", "old_fraction"):
+        for key in ("update_ms", "leap_ms", "old_gather_ms"):
             assert positive(row[key]), key
-        assert row["old_fraction"] > row["fraction"]
+        assert row["frames_per_update"] == N * T
+        assert row["fraction"] == pytest.approx(row["leap_ms"] / row["update_ms"])
+        assert row["old_fraction"] == pytest.approx((row["leap_ms"] + row["old_gather_ms"]) / row["update_ms"])
     assert res["leap_overhead"]["mnih2013"]["encoder_params"] == 676_144
-    for row in res["ingest"].values():
+    assert res["leap_overhead"]["nature"]["encoder_params"] == 1_684_128  # 3 convs + FC-512
+    ctx = res["ingest_context"]
+    # A worker of this preset sends one segment per segment_every updates of N·T env steps.
+    assert ctx["preset_segments_per_s_per_worker"] == pytest.approx(
+        loop["env_steps_per_s"] / (res["setup"]["segment_every"] * N * T))
+    assert ctx["preset_segment_interval_s"] == pytest.approx(1 / ctx["preset_segments_per_s_per_worker"])
+    for net, row in res["ingest"].items():
         assert positive(row["plain_segments_per_s"])
         assert "ray_segments_per_s" not in row  # --no-ray
-    assert positive(res["ingest"]["mnih2013"]["workers_fed_at_preset_interval"])
+        assert row["workers_fed_at_1_segment_per_s"] == row["plain_segments_per_s"]
+        assert row["segment_mib"] == pytest.approx(res["leap_overhead"][net]["encoder_params"] * 4 / 2 ** 20)
+    assert res["ingest"]["mnih2013"]["workers_fed_at_preset_interval"] == pytest.approx(
+        res["ingest"]["mnih2013"]["plain_segments_per_s"] / ctx["preset_segments_per_s_per_worker"])
     assert "ray" not in res and "sb3" not in res
+    # The table shows the JSON's numbers.
+    limit_line = next(line for line in table.splitlines() if line.startswith("limit 1/(1/env"))
+    assert f"{wall['limit']:14.0f}" in limit_line
 
 
 def test_bench_rejects_bad_options():
