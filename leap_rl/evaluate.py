@@ -500,66 +500,18 @@ def train_all(plan: Plan, jobs: int, resume: bool, echo=print) -> None:
 
 # =============================================================================== statistics
 
-def _betacf(a: float, b: float, x: float) -> float:
-    """Continued fraction of the regularized incomplete beta function (modified Lentz)."""
-    tiny = 1e-300
-    qab, qap, qam = a + b, a + 1.0, a - 1.0
-    c, d = 1.0, 1.0 - qab * x / qap
-    d = 1.0 / (d if abs(d) > tiny else tiny)
-    h = d
-    for m in range(1, 500):
-        m2 = 2 * m
-        aa = m * (b - m) * x / ((qam + m2) * (a + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        h *= d * c
-        aa = -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))
-        d = 1.0 + aa * d
-        d = 1.0 / (d if abs(d) > tiny else tiny)
-        c = 1.0 + aa / c
-        c = c if abs(c) > tiny else tiny
-        delta = d * c
-        h *= delta
-        if abs(delta - 1.0) < 1e-15:
-            break
-    return h
-
-
-def betainc(a: float, b: float, x: float) -> float:
-    """Regularized incomplete beta I_x(a, b)."""
-    if x <= 0.0:
-        return 0.0
-    if x >= 1.0:
-        return 1.0
-    front = math.exp(math.lgamma(a + b) - math.lgamma(a) - math.lgamma(b)
-                     + a * math.log(x) + b * math.log1p(-x))
-    if x < (a + 1.0) / (a + b + 2.0):
-        return front * _betacf(a, b, x) / a
-    return 1.0 - front * _betacf(b, a, 1.0 - x) / b
-
-
 def t_two_sided_p(t: float, df: float) -> float:
-    """P(|T| ≥ |t|) for Student's t with ``df`` (real, > 0) degrees of freedom."""
+    """P(|T| ≥ |t|) for Student's t with ``df`` (real, > 0) degrees of freedom (scipy.stats)."""
+    from scipy import stats  # imported here: building the CLI parser must not pay for scipy
     if not math.isfinite(t):
         return 0.0
-    return betainc(df / 2.0, 0.5, df / (df + t * t))
+    return float(2.0 * stats.t.sf(abs(t), df))
 
 
 def t_quantile(q: float, df: float) -> float:
-    """The ``q`` quantile (q > 0.5) of Student's t, by bisection on the two-sided tail."""
-    alpha = 2.0 * (1.0 - q)
-    lo, hi = 0.0, 1.0
-    while t_two_sided_p(hi, df) > alpha:
-        hi *= 2.0
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if t_two_sided_p(mid, df) > alpha:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
+    """The ``q`` quantile of Student's t with ``df`` degrees of freedom (scipy.stats)."""
+    from scipy import stats
+    return float(stats.t.ppf(q, df))
 
 
 def welch(a: Sequence[float], b: Sequence[float]) -> dict:
@@ -576,10 +528,11 @@ def welch(a: Sequence[float], b: Sequence[float]) -> dict:
         if diff == 0.0:
             out.update(ci95=[0.0, 0.0], p_welch=1.0)
         return out
-    df = float((va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1)))
-    t = diff / se
-    half = t_quantile(0.975, df) * se
-    out.update(ci95=[diff - half, diff + half], p_welch=t_two_sided_p(t, df), df=df, t=t)
+    from scipy import stats
+    res = stats.ttest_ind(a, b, equal_var=False)  # Welch: Welch–Satterthwaite df
+    ci = res.confidence_interval(0.95)
+    out.update(ci95=[float(ci.low), float(ci.high)], p_welch=float(res.pvalue), df=float(res.df),
+               t=float(res.statistic))
     return out
 
 
