@@ -150,22 +150,93 @@ class _Probes:
 
 
 def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
-    """Join ``address`` or start a local Ray bound to loopback. True if we started it."""
+    """Join ``address`` or start a local Ray bound to loopback. True if we started it.
+
+    A local Ray listens on 127.0.0.1 only, with token authentication on (Ray's default): see
+    README, "On a Ray cluster", and tests/test_binding.py."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if address:
         ray.init(address=address, logging_level="warning")
         return False
     needed = cfg.runtime.workers * cfg.runtime.cpus_per_worker + cfg.runtime.learner_cpus
-    ray.init(
-        num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
-        object_store_memory=_object_store_bytes(),
-        include_dashboard=dashboard,
-        dashboard_host="127.0.0.1",
-        _node_ip_address="127.0.0.1",
-        logging_level="warning",
-        log_to_driver=True,
-    )
+    _keep_auth_token_private()
+    restore = _single_machine_ray()
+    try:
+        ray.init(
+            num_cpus=max(os.cpu_count() or 1, int(needed + 0.999)),
+            object_store_memory=_object_store_bytes(),
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            _node_ip_address="127.0.0.1",
+            logging_level="warning",
+            log_to_driver=True,
+        )
+    finally:
+        restore()
     return True
+
+
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def _single_machine_ray():
+    """Keep a local Ray's node address at 127.0.0.1, which makes every server of it listen on
+    loopback only.
+
+    Ray 2.60 decides each bind from the node address: loopback if it is localhost, all
+    interfaces or the node address otherwise (GCS, raylet, core workers, agents, metrics).
+    But ``ray.init(_node_ip_address="127.0.0.1")`` (like ``ray start --node-ip-address``)
+    rewrites a localhost address to the machine's external one
+    (``ray._private.services.resolve_ip_for_localhost``), unless Ray runs in single-machine
+    mode: ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, Ray's switch that keeps Windows and macOS
+    on loopback. Ray reads it into ``ray_constants.ENABLE_RAY_CLUSTER`` when imported, so
+    this sets both while Ray starts (its processes inherit the environment); call the
+    function it returns to restore them. Only for a Ray we start: a node in that mode cannot
+    join or be joined by others."""
+    from ray._private import ray_constants
+
+    saved_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+
+    def restore() -> None:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
+    return restore
+
+
+def _keep_auth_token_private() -> None:
+    """Loopback keeps the network out, not the machine's other users: Ray's token does. Ray
+    2.60 writes the token it generates (``~/.ray/auth_token``) with the process umask, often
+    world-readable; create it owner-only ourselves when missing, or make it owner-only.
+    Nothing to do when the token comes from ``RAY_AUTH_TOKEN`` or ``RAY_AUTH_TOKEN_PATH``
+    (the user keeps those) or authentication is off."""
+    if (os.environ.get("RAY_AUTH_MODE", "token").lower() != "token"
+            or os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")):
+        return
+    import secrets
+
+    path = Path.home() / ".ray" / "auth_token"
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        try:
+            st = path.stat()
+            if st.st_uid == os.getuid() and st.st_mode & 0o077:
+                os.chmod(path, 0o600)
+                print(f"note: made {path} readable by its owner only (Ray's token)", file=sys.stderr)
+        except OSError:
+            pass
+        return
+    except OSError:
+        return  # Ray reports a token it cannot write or read itself
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(32))  # the format of Ray's own generated token
 
 
 def _object_store_bytes() -> int | None:
