@@ -44,7 +44,7 @@ import torch
 from leap_rl.cli import _set_threads
 from leap_rl.config import RunConfig, load
 from leap_rl.envs import make_vec_env, normalize_game, num_actions
-from leap_rl.evaluate import _dump
+from leap_rl.jsonio import dump_json
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import Segment, TaskSpec
 from leap_rl.models import ActorCritic, encoder_size, initial_encoder
@@ -876,7 +876,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(res))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(_dump(res, indent=2))  # a NaN (no CPU time measured) becomes null
+        args.json.write_text(dump_json(res, indent=2))  # a NaN (no CPU time measured) becomes null
         print(f"wrote {args.json}")
     return 0
 
