@@ -73,6 +73,7 @@ GRPC_PROBES = {
     "/ray.rpc.CoreWorkerService/GetCoreWorkerStats": True,    # driver and actors
     "/ray.rpc.LogService/ListLogs": True,                     # dashboard agent
     "/ray.rpc.events.EventAggregatorService/AddEvents": False,  # dashboard agent (aggregator)
+    "/ray.rpc.RayletDriver/ClusterInfo": False,               # Ray Client server (`ray start`)
 }
 HTTP_PROBE_PATH = "/leap-rl-binding-probe"  # no route anywhere: auth middleware answers first
 
@@ -125,9 +126,14 @@ def _name(pid: int) -> str:
 
 def listeners(root: int) -> list[dict]:
     """The listening TCP sockets of ``root`` and its descendants: address, port, pid, name."""
+    return listeners_of(_descendants(root))
+
+
+def listeners_of(pids) -> list[dict]:
+    """The listening TCP sockets (of this network namespace) held by ``pids``."""
     table = _listening_inodes()
     found = []
-    for pid in _descendants(root):
+    for pid in pids:
         try:
             fds = os.listdir(f"/proc/{pid}/fd")
         except OSError:
@@ -172,10 +178,10 @@ def machine_addresses() -> list[str]:
 
 
 # ------------------------------------------------------------------------------ the clients
-def http_status(port: int, headers: dict) -> tuple[int, bytes] | None:
+def http_status(port: int, headers: dict, host: str = "127.0.0.1") -> tuple[int, bytes] | None:
     """(status, first bytes of the body) of a GET, or None if the server does not speak
     HTTP/1.1 (a gRPC server)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    conn = http.client.HTTPConnection(host, port, timeout=5)
     try:
         conn.request("GET", HTTP_PROBE_PATH, headers=headers)
         resp = conn.getresponse()
@@ -186,11 +192,12 @@ def http_status(port: int, headers: dict) -> tuple[int, bytes] | None:
         conn.close()
 
 
-def grpc_codes(port: int, metadata: list | None, methods) -> dict[str, str]:
+def grpc_codes(port: int, metadata: list | None, methods, host: str = "127.0.0.1") -> dict[str, str]:
     import grpc
 
     codes = {}
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+    target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with grpc.insecure_channel(target) as channel:
         for method in methods:
             try:
                 channel.unary_unary(method)(b"", timeout=10, metadata=metadata)
@@ -198,6 +205,32 @@ def grpc_codes(port: int, metadata: list | None, methods) -> dict[str, str]:
             except grpc.RpcError as e:
                 codes[method] = e.code().name
     return codes
+
+
+def refuses_without_token(port: int, bearer: dict, host: str = "127.0.0.1", where: str = "") -> str:
+    """What serves ``port``: "metrics" (Prometheus text, answers anyone: read-only), "http" or
+    "grpc <services>"; AssertionError unless an HTTP server answers 401 without the token (and
+    not with it) or a gRPC server answers UNAUTHENTICATED to its Ray service (and not with
+    the token)."""
+    where = where or f"port {port}"
+    answer = http_status(port, {}, host)
+    if answer is not None:  # HTTP/1.1
+        status, body = answer
+        if status == 200 and body.startswith(b"# "):
+            return "metrics"
+        assert status == 401, f"{where}: HTTP {status} without the token"
+        with_token = http_status(port, bearer, host)
+        assert with_token is not None and with_token[0] != 401, f"{where}: token refused"
+        return "http"
+    codes = grpc_codes(port, None, GRPC_PROBES, host)
+    served = [m for m, code in codes.items() if code != "UNIMPLEMENTED"]
+    assert served, f"{where}: a gRPC server with none of the known Ray services: {codes}"
+    assert all(codes[m] == "UNAUTHENTICATED" for m in served), f"{where}: {codes}"
+    safe = [m for m in served if GRPC_PROBES[m]]
+    if safe:
+        with_token = grpc_codes(port, list(bearer.items()), safe, host)
+        assert all(c != "UNAUTHENTICATED" for c in with_token.values()), f"{where}: {with_token}"
+    return "grpc " + ", ".join(m.split("/")[1].rsplit(".", 1)[-1] for m in served)
 
 
 def refused_from(address: str, port: int) -> bool:
@@ -290,27 +323,7 @@ def test_local_ray_listens_on_loopback_only_and_refuses_clients_without_the_toke
     assert token_file.is_file(), "Ray's token was not where Ray looks for it"
     assert stat.S_IMODE(token_file.stat().st_mode) & 0o077 == 0, oct(token_file.stat().st_mode)
     bearer = {"authorization": f"Bearer {token_file.read_text().strip()}"}
-    kinds = {}
-    for x in found:
-        port, where = x["port"], f"{x['name']} (pid {x['pid']}) on port {x['port']}"
-        answer = http_status(port, {})
-        if answer is not None:  # HTTP/1.1
-            status, body = answer
-            if status == 200 and body.startswith(b"# "):
-                kinds[port] = "metrics"  # Prometheus text: read-only, no token asked
-                continue
-            assert status == 401, f"{where}: HTTP {status} without the token"
-            with_token = http_status(port, bearer)
-            assert with_token is not None and with_token[0] != 401, f"{where}: token refused"
-            kinds[port] = "http"
-            continue
-        codes = grpc_codes(port, None, GRPC_PROBES)
-        served = [m for m, code in codes.items() if code != "UNIMPLEMENTED"]
-        assert served, f"{where}: a gRPC server with none of the known Ray services: {codes}"
-        assert all(codes[m] == "UNAUTHENTICATED" for m in served), f"{where}: {codes}"
-        safe = [m for m in served if GRPC_PROBES[m]]
-        if safe:
-            with_token = grpc_codes(port, list(bearer.items()), safe)
-            assert all(c != "UNAUTHENTICATED" for c in with_token.values()), f"{where}: {with_token}"
-        kinds[port] = "grpc " + ", ".join(m.split("/")[1].rsplit(".", 1)[-1] for m in served)
+    kinds = {x["port"]: refuses_without_token(x["port"], bearer,
+                                              where=f"{x['name']} (pid {x['pid']}) on port {x['port']}")
+             for x in found}
     print("\n".join(f"{x['ip']}:{x['port']} {x['name']}: {kinds[x['port']]}" for x in found))
