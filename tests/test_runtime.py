@@ -130,17 +130,31 @@ def updates_by_task(run_dir: Path) -> dict[str, int]:
     return out
 
 
-def kill_a_worker_once_segments_were_accepted(bg: Background, run_dir: Path, tasks: set[str]) -> None:
-    """Wait until every task in ``tasks`` has its first segment accepted (see KILLABLE) and
-    none has finished, then SIGKILL one TaskWorker process: its task dies with partial sums at
-    the learner."""
-    def ready():
-        done = {r["task_id"] for r in rows(run_dir, "task_done")}
-        assert not done & tasks, f"a task finished before the kill: {done & tasks}"
-        seen = updates_by_task(run_dir)
-        return all(seen.get(t, 0) >= SEGMENT_EVERY for t in tasks) and bg.task_worker_pids()
+def kill_a_worker_after_its_first_segment(bg: Background, run_dir: Path, workers: int, updates: int,
+                                         before_meta_step: int) -> None:
+    """SIGKILL one TaskWorker process while its task holds accepted segments at the learner.
 
-    pids = bg.wait_until(f"tasks {sorted(tasks)} past update {SEGMENT_EVERY}", ready)
+    Which worker runs which task is not visible from outside, so wait until every worker is
+    known to be busy with a task past its first segment (see KILLABLE): ``workers`` tasks with
+    progress rows and no task_done row, each between update SEGMENT_EVERY and ``updates`` - 30
+    (its last 30 updates are a margin for rows that the driver logs up to a second late), and
+    the learner before meta-step ``before_meta_step``. Then any worker will do."""
+    latest = updates - 30
+
+    def ready():
+        rs = all_rows(run_dir)
+        done = {r["task_id"] for r in rows(run_dir, "task_done", rs)}
+        seen: dict[str, int] = {}
+        for r in rows(run_dir, "progress", rs):
+            seen[r["task_id"]] = max(seen.get(r["task_id"], 0), r["updates"])
+        running = [u for t, u in seen.items() if t not in done]
+        if (len(running) == workers and all(SEGMENT_EVERY <= u <= latest for u in running)
+                and len(rows(run_dir, "meta_step", rs)) < before_meta_step):
+            pids = bg.task_worker_pids()
+            return pids if len(pids) == workers else None
+        return None
+
+    pids = bg.wait_until(f"{workers} tasks running between update {SEGMENT_EVERY} and {latest}", ready)
     os.kill(pids[0], signal.SIGKILL)
 
 
@@ -210,7 +224,7 @@ def test_killed_worker_is_replaced_and_phi_matches_the_sequential_loop(tmp_path,
     run_dir = tmp_path / "kill"
     bg = Background(tmp_path / "out.txt", "train", "--preset", "ci", *LONGER, *KILLABLE, "--run-dir", str(run_dir))
     try:
-        kill_a_worker_once_segments_were_accepted(bg, run_dir, {"v00000-t000", "v00000-t001"})
+        kill_a_worker_after_its_first_segment(bg, run_dir, workers=2, updates=100, before_meta_step=2)
         bg.finish()
     finally:
         bg.kill()
@@ -280,11 +294,15 @@ def test_async_run_survives_a_killed_worker_and_a_killed_driver(tmp_path):
     and its task never counts; then the driver is killed after a meta-step and the run resumed,
     which goes on with new tickets (games and seeds) from where the checkpoint left off."""
     run_dir = tmp_path / "async-faults"
+    # Tasks of 150 updates: async tasks start at any offset from each other, and the two running
+    # side by side must overlap between update 20 and 120 for the kill (see the helper).
     bg = Background(tmp_path / "out.txt", "train", "--preset", "ci", *LONGER, *KILLABLE,
-                    "--set", 'meta.mode="async"', "--set", "meta.tasks_per_step=1", "--set", "meta.meta_steps=3",
-                    "--run-dir", str(run_dir))
+                    "--set", "meta.env_steps_per_task=3000", "--set", 'meta.mode="async"',
+                    "--set", "meta.tasks_per_step=1", "--set", "meta.meta_steps=3", "--run-dir", str(run_dir))
     try:
-        kill_a_worker_once_segments_were_accepted(bg, run_dir, {"a000000", "a000001"})
+        # Before meta-step 2: whatever happens next, the run cannot reach meta-step 3 before
+        # the driver is killed, since the replacement task must finish first.
+        kill_a_worker_after_its_first_segment(bg, run_dir, workers=2, updates=150, before_meta_step=2)
         bg.wait_until("the kill is noticed", lambda: rows(run_dir, "worker_failed"))
         bg.wait_until("a checkpoint", lambda: checkpoint_version(run_dir))
     finally:
