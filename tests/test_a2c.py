@@ -246,6 +246,25 @@ def test_time_limit_truncation_keeps_training_and_ends_games():
     assert not result.diverged
 
 
+def test_a_diverging_agent_stops_and_flags_its_last_segment_for_the_learner():
+    """lr = 1e30 without clipping: the first step sends the weights far enough for the policy
+    to become non-finite. The task stops there and its final segment carries the flag, which
+    the learner refuses (its vector may still be finite, so only the flag tells)."""
+    from leap_rl.config import MetaConfig
+    from leap_rl.meta_learner import MetaLearner
+
+    cfg = small_config(lr=1e30, max_grad_norm=0.0)
+    segments = []
+    result = TaskRunner(cfg).run(TaskSpec("t", "pong", 0, seed=1, env_steps=400),
+                                 initial_encoder(cfg.model, 0), segments.append)
+    assert result.diverged and result.updates < 20
+    assert segments[-1].final and segments[-1].diverged and not any(s.diverged for s in segments[:-1])
+    assert segments[-1].is_finite  # so the finiteness check alone would let it in
+    learner = MetaLearner(initial_encoder(cfg.model, 0), MetaConfig())
+    accepted = [learner.add_segment(s) for s in segments]
+    assert accepted[-1] is False and learner.is_dropped("t") and learner.complete_tasks() == []
+
+
 def test_time_limit_fold_in_on_literal_values():
     terminated = np.array([False, True, False, True])
     truncated = np.array([True, False, False, True])
