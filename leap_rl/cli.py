@@ -34,10 +34,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pool", help="list the installed games and the meta-training pool")
     p.add_argument("--all", action="store_true", help="also list games outside the pool")
+    p.add_argument("--flavours", action="store_true",
+                   help="also list each game's modes and difficulties (game specs GAME:mode=M:difficulty=D)")
 
     p = sub.add_parser("task", help="train one A2C agent on one game")
     _config_args(p, "baselines")
-    p.add_argument("--game", required=True, help="ALE game id, e.g. seaquest or MsPacman")
+    p.add_argument("--game", required=True,
+                   help="ALE game id, e.g. seaquest or MsPacman, or a flavour, e.g. space_invaders:mode=3")
     p.add_argument("--env-steps", type=int, required=True)
     p.add_argument("--init", type=Path, help="encoder init: a run directory or checkpoint.pt")
     p.add_argument("--run-dir", type=Path, required=True)
@@ -101,7 +104,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_bench(args)
     if args.command == "pool":
         from leap_rl.commands import print_pool
-        return print_pool(show_all=args.all)
+        return print_pool(show_all=args.all, flavours=args.flavours)
     if args.command == "plot":
         from leap_rl.plots import plot_run
         out = plot_run(args.run_dir, args.out, args.title)

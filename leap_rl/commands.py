@@ -5,19 +5,28 @@ from __future__ import annotations
 from pathlib import Path
 
 from leap_rl.config import ConfigError, RunConfig
-from leap_rl.envs import POOL_MAX_ACTIONS, meta_training_pool, normalize_game
+from leap_rl.envs import POOL_MAX_ACTIONS, meta_training_pool
+from leap_rl.flavours import normalize_spec
 from leap_rl.messages import TaskSpec
 from leap_rl.run_dir import RunDir, load_encoder_file
 
 
-def print_pool(show_all: bool = False) -> int:
+def print_pool(show_all: bool = False, flavours: bool = False) -> int:
     entries = meta_training_pool()
     pool = [e for e in entries if e.in_pool]
     print(f"meta-training pool: {len(pool)} games with at most {POOL_MAX_ACTIONS} minimal actions, "
           f"breakout and space_invaders held out ({len(entries)} ROMs installed)")
+    if flavours:
+        from leap_rl.flavours import describe_values, flavours_of
+        print("flavours: write GAME:mode=M:difficulty=D (either optional), e.g. space_invaders:mode=3:difficulty=1")
     for e in entries if show_all else pool:
         note = "" if e.in_pool else f"   (not in pool: {e.reason})"
-        print(f"  {e.game:<24} {e.actions:>2} actions{note}")
+        flavour = ""
+        if flavours:
+            modes, difficulties = flavours_of(e.game)
+            flavour = (f"   modes {describe_values(modes)} ({len(modes)}), "
+                       f"difficulties {describe_values(difficulties)} ({len(difficulties)})")
+        print(f"  {e.game:<24} {e.actions:>2} actions{flavour}{note}")
     return 0
 
 
@@ -28,7 +37,7 @@ def run_task(cfg: RunConfig, game: str, env_steps: int, init: Path | None, run_d
 
     if env_steps <= 0:
         raise ConfigError(f"--env-steps must be a positive integer, got {env_steps}")
-    game = normalize_game(game)
+    game = normalize_spec(game)  # a plain id, or a flavour: 'space_invaders:mode=3'
     phi = load_encoder_file(init) if init is not None else None
     if phi is not None:
         from leap_rl.models import encoder_size

@@ -1,7 +1,9 @@
 """Atari games: ids checked against the installed ROMs, the meta-training pool, vector envs.
 
 Game ids are ale-py ROM names in snake_case ('ms_pacman'); 'MsPacman' and 'ALE/MsPacman-v5'
-are accepted and normalised.
+are accepted and normalised. A game spec with a flavour ('space_invaders:mode=3:difficulty=1',
+leap_rl.flavours) is played by a Python vector env with the same interface; plain ids keep the
+C++ AtariVectorEnv.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def num_actions(game: str, full_action_space: bool = False) -> int:
         return 18
     ale = ale_py.ALEInterface()
     ale.setLoggerMode(ale_py.LoggerMode.Error)
-    ale.loadROM(roms.get_rom_path(game))
+    ale.loadROM(roms.get_rom_path(game.split(":", 1)[0]))  # a flavour has its game's action set
     return len(ale.getMinimalActionSet())
 
 
@@ -90,7 +92,14 @@ def make_vec_env(game: str, cfg: EnvConfig) -> AtariVectorEnv:
 
     The env is not reset here: call ``env.reset(seed=seed)`` once before stepping (a seeded
     reset of 16 envs costs over a second; the caller needs its frames anyway).
+
+    A flavoured spec ('breakout:mode=4') gets leap_rl.flavours.FlavouredVectorEnv instead, which
+    AtariVectorEnv cannot be (it has no mode or difficulty): the same spaces, semantics and
+    info keys, and for the default flavour the same observations, in Python.
     """
+    if ":" in game:
+        from leap_rl.flavours import make_flavoured_vec_env
+        return make_flavoured_vec_env(game, cfg)
     env = AtariVectorEnv(
         game,
         cfg.num_envs,

@@ -10,14 +10,15 @@ from __future__ import annotations
 import numpy as np
 
 from leap_rl.config import RunConfig
-from leap_rl.envs import normalize_game, pool_games
+from leap_rl.envs import pool_games
+from leap_rl.flavours import normalize_spec
 from leap_rl.messages import TaskSpec
 
 
 def meta_training_games(cfg: RunConfig) -> tuple[str, ...]:
     """The configured games (validated), or the derived pool when none are configured."""
     if cfg.meta.games:
-        return tuple(normalize_game(g) for g in cfg.meta.games)
+        return tuple(normalize_spec(g) for g in cfg.meta.games)  # plain ids or flavoured specs
     return pool_games()
 
 

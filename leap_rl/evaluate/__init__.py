@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--random", action="store_true",
                         help="add the random-initialization baseline (named 'random')")
     parser.add_argument("--games", required=True,
-                        help="comma-separated ALE game ids, e.g. seaquest,space_invaders")
+                        help="comma-separated game specs: ALE ids or flavours GAME:mode=M:difficulty=D, "
+                             "e.g. seaquest,space_invaders:mode=3 (`leap-rl pool --flavours` lists them)")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per game and init (default: %(default)s)")
     parser.add_argument("--env-steps", type=int, required=True, help="env steps per agent")
     parser.add_argument("--points", type=int, default=40,

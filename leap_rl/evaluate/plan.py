@@ -163,12 +163,13 @@ def evaluation_seeds(base: int, count: int) -> tuple[int, ...]:
 
 
 def parse_games(text: str) -> tuple[str, ...]:
-    """'--games' → canonical game ids, each checked against the installed ROMs."""
-    from leap_rl.envs import normalize_game
+    """'--games' → canonical game specs, each checked against the installed ROMs and their
+    flavours ('breakout', 'space_invaders:mode=3:difficulty=1')."""
+    from leap_rl.flavours import normalize_spec
     names = [g for g in (s.strip() for s in text.split(",")) if g]
     if not names:
         raise error(f"--games must name at least one game, got {text!r}")
-    return tuple(dict.fromkeys(normalize_game(g) for g in names))
+    return tuple(dict.fromkeys(normalize_spec(g) for g in names))
 
 
 def build_plan(args: argparse.Namespace) -> Plan:
