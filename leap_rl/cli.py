@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--address", help="Ray address to join (e.g. auto); default: start a local Ray")
     p.add_argument("--dashboard", action="store_true", help="start Ray's dashboard (local Ray only)")
 
+    p = sub.add_parser("pretrain", help="the fine-tuning baseline: one encoder trained through the "
+                                        "meta-training tasks one after another")
+    _config_args(p, "quick")
+    p.add_argument("--run-dir", type=Path, required=True)
+    p.add_argument("--resume", action="store_true", help="continue the run in --run-dir at its next task")
+    p.add_argument("--tasks", type=int, help="stop after this many tasks in all (continue with --resume)")
+
     p = sub.add_parser("evaluate", help="compare initializations: fresh agents, same games and seeds")
     from leap_rl.evaluate import add_arguments as evaluate_arguments
     evaluate_arguments(p)
@@ -105,6 +112,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "pool":
         from leap_rl.commands import print_pool
         return print_pool(show_all=args.all, flavours=args.flavours)
+    if args.command == "pretrain":
+        from leap_rl.pretrain import command as run_pretrain
+        return run_pretrain(args)
     if args.command == "plot":
         from leap_rl.plots import plot_run
         out = plot_run(args.run_dir, args.out, args.title)

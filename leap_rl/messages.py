@@ -72,3 +72,6 @@ class TaskResult:
     final_return_mean: float
     """Mean raw score of the last 100 games (nan if none finished)."""
     diverged: bool = False
+    encoder: torch.Tensor | None = None
+    """The trained encoder θ_K (flat, on the CPU), only when asked for (``keep_encoder``): the
+    fine-tuning baseline carries it to its next task; meta-training never needs it."""

@@ -133,8 +133,9 @@ class TaskRunner:
 
     def run(self, spec: TaskSpec, phi: torch.Tensor | None,
             on_segment: SegmentCallback | None = None,
-            on_progress: ProgressCallback | None = None) -> TaskResult:
-        """Train for ``spec.env_steps``; ``phi`` None keeps the random encoder (a baseline)."""
+            on_progress: ProgressCallback | None = None, keep_encoder: bool = False) -> TaskResult:
+        """Train for ``spec.env_steps``; ``phi`` None keeps the random encoder (a baseline).
+        ``keep_encoder``: also return the trained encoder (``TaskResult.encoder``)."""
         cfg, a2c, device = self.cfg, self.cfg.a2c, self.device
         T, N = a2c.unroll, cfg.env.num_envs
         torch.manual_seed(spec.seed)  # heads (and the random encoder when phi is None)
@@ -244,4 +245,5 @@ class TaskRunner:
             param_part_norm=float(torch.linalg.vector_norm(self._task_param_part)),
             loss_part_norm=float(torch.linalg.vector_norm(self._task_loss_part)),
             final_return_mean=float(np.mean(recent)) if recent else float("nan"),
+            encoder=model.encoder_flat.detach().cpu().clone() if keep_encoder else None,
         )

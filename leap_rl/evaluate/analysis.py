@@ -60,6 +60,18 @@ def describe_estimator(leap: dict | None) -> str:
     return "Leap (" + ", ".join(parts) + normalized + ")"
 
 
+def describe_pretrain(record: dict | None) -> str:
+    """The fine-tuning baseline's estimator column: what its encoder was trained on."""
+    record = record or {}
+    tasks, done = record.get("tasks", []), record.get("tasks_done")
+    games = record.get("games", [])
+    text = (f"fine-tuning baseline: one encoder through {done} of {len(tasks)} meta-training tasks "
+            f"in turn ({record.get('env_steps_total')} env steps, {len(games)} games)")
+    if record.get("diverged"):
+        text += f", {len(record['diverged'])} diverged and dropped"
+    return text
+
+
 def init_info(plan: Plan) -> dict[str, dict]:
     """Per init: its source, φ version, estimator, dead units on the probe, meta curve."""
     from leap_rl.meta_training import encoder_dead_fraction, probe_batch
@@ -73,8 +85,9 @@ def init_info(plan: Plan) -> dict[str, dict]:
                                "dead_unit_fraction": float(np.mean(dead)), "dead_unit_fraction_per_seed": dead,
                                "meta_curve": []}
         else:
-            info[init.name] = {"source": init.source, "version": init.version,
-                               "estimator": describe_estimator(init.leap), "leap": init.leap,
+            estimator = describe_pretrain(init.pretrain) if init.kind == "pretrain" else describe_estimator(init.leap)
+            info[init.name] = {"source": init.source, "version": init.version, "kind": init.kind,
+                               "estimator": estimator, "leap": init.leap, "pretrain": init.pretrain,
                                "dead_unit_fraction": encoder_dead_fraction(plan.cfg, init.phi, probe),
                                "meta_curve": meta_curve(init.run_dir)}
     return info

@@ -31,6 +31,8 @@ RUNS = "runs"
 CURVES_PNG = "curves.png"
 META_PNG = "meta.png"
 RANDOM = "random"
+FINETUNE = "finetune"
+"""Reserved for the fine-tuning baseline: ``--init finetune=RUN`` must be a ``leap-rl pretrain`` run."""
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -53,6 +55,10 @@ class Init:
     version: int | None = None
     run_dir: Path | None = None
     """Where metrics.jsonl with meta_step rows may be found."""
+    kind: str | None = None
+    """What made φ when its checkpoint says so: 'pretrain' for a ``leap-rl pretrain`` run."""
+    pretrain: dict | None = None
+    """A pretrain run's record: its tasks, how many were done, env steps in total."""
 
 
 def parse_init(text: str) -> tuple[str, Path]:
@@ -81,11 +87,13 @@ def load_init(name: str, path: Path) -> Init:
     file = path / CHECKPOINT if path.is_dir() else path
     run_dir = file.parent
     obj = torch.load(file, map_location="cpu", weights_only=True)
-    version = None
+    version = kind = pretrain = None
     config_text = None
     if isinstance(obj, dict):
         version = obj.get("version", obj.get("learner", {}).get("version"))
         config_text = obj.get("config")
+        kind = obj.get("kind") if isinstance(obj.get("kind"), str) else None
+        pretrain = obj.get("pretrain") if isinstance(obj.get("pretrain"), dict) else None
     if (run_dir / CONFIG).exists() and (path.is_dir() or file.name == CHECKPOINT):
         config_text = (run_dir / CONFIG).read_text()
     model = leap = None
@@ -99,10 +107,12 @@ def load_init(name: str, path: Path) -> Init:
         meta = data.get("meta") if isinstance(data.get("meta"), dict) else {}
         if leap is not None and "normalize_tasks" in meta:
             leap["normalize_tasks"] = meta["normalize_tasks"]
+    if kind == "pretrain":
+        leap = None  # its config's leap section never touched φ
     if not (run_dir / METRICS).exists():
         run_dir = None
     return Init(name, str(path), phi, model, leap,
-                int(version) if isinstance(version, int) else None, run_dir)
+                int(version) if isinstance(version, int) else None, run_dir, kind, pretrain)
 
 
 def load_config(args: argparse.Namespace, model: dict | None) -> RunConfig:
@@ -198,6 +208,10 @@ def build_plan(args: argparse.Namespace) -> Plan:
                         + (" (--random is named 'random')" if name == RANDOM else ""))
         seen.add(name)
     inits = [load_init(name, path) for name, path in specs]
+    for init in inits:
+        if init.name == FINETUNE and init.kind != "pretrain":
+            raise error(f"--init {FINETUNE}={init.source}: the name '{FINETUNE}' is the fine-tuning "
+                        "baseline and takes a `leap-rl pretrain` run; name this init otherwise")
     model = next((i.model for i in inits if i.model is not None), None)
     cfg = load_config(args, model)
     n = encoder_size(cfg.model)
