@@ -129,3 +129,27 @@ def test_the_finetune_name_takes_only_a_pretrain_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "leap-rl pretrain" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_evaluate_writes_transfer_json_for_the_four_inits(pretrained, tmp_path):
+    """random, reptile, finetune and leap on a flavoured and a plain game, one seed each: the
+    file has the issue's shape and the per-seed numbers of results.json."""
+    cfg = preset("ci")
+    for name, seed in (("leap", 5), ("reptile", 6)):
+        torch.save(initial_encoder(cfg.model, seed), tmp_path / f"{name}.pt")
+    out, path = tmp_path / "eval", tmp_path / "docs" / "transfer.json"
+    games = "pong:difficulty=1,breakout"
+    assert cli("evaluate", "--init", f"finetune={pretrained}", "--init", f"leap={tmp_path / 'leap.pt'}",
+               "--init", f"reptile={tmp_path / 'reptile.pt'}", "--random", "--games", games, "--seeds", "1",
+               "--env-steps", "40", *CI, "--set", "env.max_episode_frames=24", "--out", str(out),
+               "--transfer-json", str(path)) == 0
+    data = json.loads(path.read_text())
+    results = json.loads((out / "results.json").read_text())
+    assert data["games"] == ["pong:difficulty=1", "breakout"]
+    assert list(data["inits"]) == ["random", "reptile", "finetune", "leap"]
+    for name, by_game in data["inits"].items():
+        assert list(by_game) == data["games"]
+        for game, metrics in by_game.items():
+            assert set(metrics) == {"auc", "final"} and len(metrics["auc"]) == len(metrics["final"]) == 1
+            assert metrics["auc"] == results["per_game"][game]["inits"][name]["auc"]["per_seed"]
+            assert metrics["auc"][0] is not None  # 24-frame games (6 agent steps) end within 10 steps per env

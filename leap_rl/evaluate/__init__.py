@@ -23,7 +23,7 @@ everything else identical, then compare learning curves. Here:
 The parts, each in its own module: ``plan`` (inputs, validated: inits, config, games, seeds),
 ``train`` (the output directory, resume, training the agents), ``stats`` (Welch, permutation,
 power), ``analysis`` (curves, AUC, comparisons from the run files), ``report`` (results.md and
-the files) and ``figures`` (the plots).
+the files), ``figures`` (the plots) and ``transfer`` (transfer.json, the per-seed numbers).
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 from leap_rl.evaluate.analysis import analyse, describe_estimator, init_info, meta_curve
-from leap_rl.evaluate.plan import RANDOM, RESULTS_JSON, RESULTS_MD, Init, Plan, build_plan, run_file
+from leap_rl.evaluate.plan import RANDOM, RESULTS_JSON, RESULTS_MD, Init, Plan, build_plan, error, run_file
 from leap_rl.evaluate.report import markdown, write_report
 from leap_rl.evaluate.stats import mde_welch, permutation_p, t_quantile, t_two_sided_p, welch
 from leap_rl.evaluate.train import prepare_out, train_all
@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one setting, e.g. --set a2c.lr=1e-4 (repeatable)")
     parser.add_argument("--seed", type=int, help="base seed; the agents' seeds derive from it")
+    parser.add_argument("--transfer-json", type=Path, metavar="PATH",
+                        help="also write the per-seed AUC and final scores of the inits random, reptile, "
+                             "finetune and leap to PATH (the shape of docs/results/transfer.json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,13 +86,22 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     plan = build_plan(args)
+    if args.transfer_json is not None:  # checked before anything is trained
+        from leap_rl.evaluate.transfer import NAMES, missing_names
+        missing = missing_names([i.name for i in plan.inits])
+        if missing:
+            raise error(f"--transfer-json needs inits named {', '.join(NAMES)}; missing: {', '.join(missing)}")
     torch.set_num_threads(plan.cfg.runtime.torch_threads)  # before any φ is made (see plan.phi_key)
     prepare_out(plan, args.resume)
     print(f"evaluating {len(plan.inits)} init(s) ({', '.join(i.name for i in plan.inits)}) on "
           f"{', '.join(plan.games)}, {len(plan.seeds)} seed(s), {plan.env_steps} env steps each, "
           f"into {plan.out}", flush=True)
     train_all(plan, args.jobs, args.resume, echo=lambda s: print(s, flush=True))
-    write_report(plan)
+    results = write_report(plan)
+    if args.transfer_json is not None:
+        from leap_rl.evaluate.transfer import write_transfer
+        write_transfer(results, args.transfer_json)
+        print(f"wrote {args.transfer_json}", flush=True)
     print(f"wrote {plan.out / RESULTS_MD}, {plan.out / RESULTS_JSON} and plots in "
           f"{time.perf_counter() - start:.0f} s", flush=True)
     return 0
