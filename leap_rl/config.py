@@ -120,10 +120,11 @@ class MetaConfig:
     env_steps_per_task: int = 20_000
     segment_every: int = 50
     """A2C updates between two Leap segments sent to the learner."""
-    optimizer: Literal["adam", "sgd"] = "adam"
-    """The paper used SGD (Adam in its multi-dataset experiment); Adam is insensitive to the
-    growth of ‖H‖ with task length (LEAP.md §6), but its first steps are lr·sign(G) on every
-    weight, which can move a unit with thousands of inputs coherently (LEAP.md §8)."""
+    optimizer: Literal["adam", "sgd"] = "sgd"
+    """SGD, as the paper (Adam in its multi-dataset experiment). Adam's steps are lr·sign(G) on
+    every weight, which moves a unit with thousands of inputs coherently: in docs/RESULTS.md §4
+    it raised φ's dormant units by 7.6 and 9.9 points in 6 meta-steps, where SGD on unit-norm
+    task vectors lowered them by 2.0 and 5.3 while the probe path length fell."""
     max_unit_step: float = 0.0
     """Bound on each unit's meta-step: the change of a unit's incoming weights and bias is
     scaled down to at most this fraction of their norm, so its pre-activation cannot move by
@@ -135,10 +136,13 @@ class MetaConfig:
     recycle_tau: float = 0.1
     """A unit is recycled when its ReDo score (its mean |activation| on the probe frames over
     its layer's mean) is ≤ this."""
-    lr: float = 1e-4
-    """The paper does not state it for Atari; 1e-3 killed features in a prototype (LEAP.md §7)."""
-    normalize_tasks: bool = False
-    """Scale each task's vector to unit norm before averaging (off: the paper's estimator)."""
+    lr: float = 0.1
+    """The paper does not state it for Atari. With unit-norm task vectors ‖G‖ ≤ 1, so 0.1 moves
+    φ by at most 0.1 per meta-step (φ_0 of the paper's network has norm ≈ 25); docs/RESULTS.md §4."""
+    normalize_tasks: bool = True
+    """Scale each task's vector to unit norm before averaging, so that no game steers φ (its
+    raw norm ranged from 4.5 to 5.5e3 between meta-steps, LEAP.md §8) and plain SGD gets a
+    bounded step. Off is the paper's estimator."""
     mode: Literal["sync", "async"] = "sync"
     max_staleness: int = 1
     """async only: drop contributions whose init version is more than this many versions old."""
@@ -230,7 +234,8 @@ def _baselines() -> RunConfig:
 
 def _paper() -> RunConfig:
     """LEAP.md §4. Unstated by the paper and chosen here: value_coef 0.5, grad clip 0.5,
-    frame skip 4, grey 4-frame stacks (the paper fed RGB), meta-optimizer Adam lr 1e-4."""
+    frame skip 4, grey 4-frame stacks (the paper fed RGB), meta-optimizer SGD lr 0.1 on unit-norm
+    task vectors (docs/RESULTS.md §4)."""
     return RunConfig(
         env=EnvConfig(num_envs=32),
         a2c=A2CConfig(lr=1e-4, rms_eps=1e-4, rms_alpha=0.99, entropy_coef=0.01,

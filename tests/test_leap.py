@@ -387,6 +387,8 @@ def seg(task_id, vector, *, game="pong", init_version=0, index=0, final=True) ->
 
 
 def sgd_learner(phi, **kw) -> MetaLearner:
+    """Plain SGD with lr 1 on the paper's raw estimator, so φ moves by exactly −G."""
+    kw.setdefault("normalize_tasks", False)
     return MetaLearner(phi, MetaConfig(optimizer="sgd", lr=1.0, **kw))
 
 
@@ -641,7 +643,7 @@ def test_meta_learning_shortens_paths_on_new_tasks(metric):
     family = QuadraticFamily(dim, seed=42)
     leap_cfg = LeapConfig(metric=metric)
     phi0 = torch.zeros(dim)
-    learner = MetaLearner(phi0, MetaConfig(optimizer="adam", lr=0.1))
+    learner = MetaLearner(phi0, MetaConfig(optimizer="adam", lr=0.1, normalize_tasks=False))
     acc = PathAccumulator(dim, leap_cfg)
     tasks_per_step, meta_steps = 4, 60
     for step in range(meta_steps):

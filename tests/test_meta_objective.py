@@ -208,9 +208,9 @@ def test_meta_step_with_guards_off_equals_the_plain_optimizer_step():
     phi = initial_encoder(MNIH, 0)
     layout = encoder_layout(ActorCritic(MNIH, num_actions=1))
     vector = torch.randn(phi.shape, generator=torch.Generator().manual_seed(2))
-    plain = MetaLearner(phi, MetaConfig(optimizer="adam", lr=1e-3))
-    guarded_off = MetaLearner(phi, MetaConfig(optimizer="adam", lr=1e-3, max_unit_step=0.0,
-                                              recycle_dormant=False), layout)
+    plain = MetaLearner(phi, MetaConfig(optimizer="adam", lr=1e-3, normalize_tasks=False))
+    guarded_off = MetaLearner(phi, MetaConfig(optimizer="adam", lr=1e-3, normalize_tasks=False,
+                                              max_unit_step=0.0, recycle_dormant=False), layout)
     for learner in (plain, guarded_off):
         learner.add_segment(_segment("t0", vector))
         update = learner.step()

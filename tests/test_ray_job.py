@@ -35,7 +35,10 @@ def ray_head():
     port, dashboard = free_port(), free_port()
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "OMP_NUM_THREADS": "1",
            # Loopback-only test cluster: no token. Outside tests keep token auth on (README).
-           "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}
+           "RAY_AUTH_MODE": "disabled", "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+           # Without it Ray rewrites --node-ip-address=127.0.0.1 to the machine's external
+           # address and this tokenless head would listen on every interface (docs/binding).
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
          f"--port={port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",

@@ -38,7 +38,7 @@ def load_runs(root: Path) -> dict[str, list[dict]]:
         rows = read_rows(metrics)
         meta = [r for r in rows if r.get("event") == "meta_step"]
         probes = {r["version"]: r for r in rows if r.get("event") == "probe"}
-        if not meta or max(probes, default=-1) < meta[-1]["version"]:
+        if not meta or meta[-1]["version"] < _meta_steps(metrics.parent) or meta[-1]["version"] not in probes:
             continue  # not finished
         first_dormant = _phi0_dormant(metrics.parent)
         runs[name].append({
@@ -54,6 +54,11 @@ def load_runs(root: Path) -> dict[str, list[dict]]:
             "path_length": [r["path_length"] for r in meta],
         })
     return runs
+
+
+def _meta_steps(run_dir: Path) -> int:
+    import tomllib
+    return tomllib.loads((run_dir / "config.toml").read_text())["meta"]["meta_steps"]
 
 
 def _phi0_dormant(run_dir: Path) -> float:
@@ -102,7 +107,7 @@ def plot(runs: dict[str, list[dict]], out: Path) -> None:
     names = [n for n in ORDER if n in runs] + sorted(set(runs) - set(ORDER))
     for i, name in enumerate(names):
         rs = runs[name]
-        color = f"C{i % 10}"
+        color = plt.get_cmap("tab20")(i % 20)  # more variants than the default cycle has colours
         dormant = np.mean([r["dormant"] for r in rs], axis=0) * 100
         axes[0].plot(range(len(dormant)), dormant, marker="o", color=color, label=name)
         versions = sorted(rs[0]["probe"])

@@ -10,7 +10,9 @@ cd "$(dirname "$0")/../.."
 out=${OUT:-runs/diagnosis}
 seeds=${SEEDS:-"0 1"}
 base=(--preset quick --runtime sequential --set meta.meta_steps=6 --set meta.env_steps_per_task=10000
-      --set runtime.probe_tasks=2 --set runtime.probe_every=3)
+      --set runtime.probe_tasks=2 --set runtime.probe_every=3
+      # the meta-optimizer the quick preset had when this ran (later --set win over these)
+      --set meta.optimizer=\"adam\" --set meta.lr=0.0001 --set meta.normalize_tasks=false)
 # One change each from the quick preset's settings of 2026-12-01 (Adam 1e-4, PyTorch RMSprop,
 # FC-256 in the encoder, f = the A2C total); the second round varies the first round's best.
 declare -A variant=(
@@ -24,14 +26,12 @@ declare -A variant=(
   [layer_norm]="--set model.layer_norm=true"
   [reptile]="--set leap.loss=false"
   # round 2, around the first round's best (SGD on unit-norm task vectors)
-  [adam_normalized]="--set meta.normalize_tasks=true"
-  [sgd_lr0.3]="--set meta.optimizer=\"sgd\" --set meta.normalize_tasks=true --set meta.lr=0.3"
   [sgd_conv_only]="--set meta.optimizer=\"sgd\" --set meta.normalize_tasks=true --set meta.lr=0.1 --set model.encoder_includes_fc=false"
   [sgd_rmsprop_tf]="--set meta.optimizer=\"sgd\" --set meta.normalize_tasks=true --set meta.lr=0.1 --set a2c.optimizer=\"rmsprop_tf\""
 )
 names=("$@")
 [ ${#names[@]} -gt 0 ] || names=(adam sgd adam_bounded rmsprop_tf conv_only value_f recycle layer_norm reptile
-                                 adam_normalized sgd_lr0.3 sgd_conv_only sgd_rmsprop_tf)
+                                 sgd_conv_only sgd_rmsprop_tf)
 one() {  # name seed
   local dir="$out/$1-s$2"
   if grep -qs '"event": "probe", "version": 6' "$dir/metrics.jsonl"; then return 0; fi
