@@ -122,18 +122,21 @@ class _Probes:
         """(spec, φ reference, attempt) not yet handed to a worker."""
         self.results: dict[int, list[TaskResult]] = {}
         self.diagnostics: dict[int, dict] = {}
+        self.refs: dict[int, list] = {}
+        """The φ reference of every probed version: a retry starts from the same φ."""
 
     def schedule(self, version: int, phi_ref: list) -> None:
         if probe_due(self.cfg, version) and version not in self.results:
             self.results[version] = []
+            self.refs[version] = phi_ref
             self.diagnostics[version] = phi_diagnostics(self.cfg, ray.get(phi_ref[0]), self.frames)
             self.pending += [(spec, phi_ref, 0) for spec in plan_probes(self.cfg, self.games, version)]
 
-    def retry(self, job: _Running, phi_ref: list) -> None:
+    def retry(self, job: _Running) -> None:
         if job.attempt + 1 > MAX_RETRIES:
             raise RuntimeError(f"probe task {job.spec.task_id} failed {MAX_RETRIES + 1} times")
         spec = dataclasses.replace(job.spec, task_id=retry_id(job.spec.task_id, job.attempt + 1))
-        self.pending.append((spec, phi_ref, job.attempt + 1))
+        self.pending.append((spec, self.refs[spec.init_version], job.attempt + 1))
 
     def finish(self, result: TaskResult) -> None:
         done = self.results[result.init_version]
@@ -371,7 +374,7 @@ def _run_probes_alone(s: _Session) -> None:
         for _job, result in done:
             s.probes.finish(result)
         for job in failed:
-            s.probes.retry(job, ray.get(s.learner.current.remote())[1])
+            s.probes.retry(job)
 
 
 def _sync_loop(s: _Session) -> None:
@@ -430,7 +433,7 @@ def _async_loop(s: _Session) -> None:
         done, failed = workers.wait()
         for job in failed:
             if job.spec.probe:
-                s.probes.retry(job, phi_ref)
+                s.probes.retry(job)
                 continue
             ray.get(s.learner.discard_task.remote(job.spec.task_id))  # replaced by a fresh ticket
         for job, result in done:
