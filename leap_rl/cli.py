@@ -112,19 +112,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "pool":
         from leap_rl.commands import print_pool
         return print_pool(show_all=args.all, flavours=args.flavours)
-    if args.command == "pretrain":
-        from leap_rl.pretrain import command as run_pretrain
-        return run_pretrain(args)
     if args.command == "plot":
         from leap_rl.plots import plot_run
         out = plot_run(args.run_dir, args.out, args.title)
         print(f"wrote {out}")
         return 0
-    if args.command == "train" and args.resume:
+    if args.command in ("train", "pretrain") and args.resume:
         from leap_rl.run_dir import RunDir
         run, cfg = RunDir.open_existing(args.run_dir)
         if args.overrides or args.config:
-            print("leap-rl train: note: --resume uses the run's saved config.toml; "
+            print(f"leap-rl {args.command}: note: --resume uses the run's saved config.toml; "
                   "--set/--config are ignored", file=sys.stderr)
     else:
         cfg = _load_config(args)
@@ -135,6 +132,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         return run_task(cfg, args.game, args.env_steps, args.init, args.run_dir)
     from leap_rl.schedule import meta_training_games
     meta_training_games(cfg)  # unknown games fail here, before a run directory is made
+    if args.command == "pretrain":
+        from leap_rl.pretrain import command as run_pretrain
+        return run_pretrain(cfg, run, args.run_dir, args.tasks)
     if args.runtime == "sequential":
         from leap_rl.commands import run_train_sequential
         return run_train_sequential(cfg, args.run_dir, run)

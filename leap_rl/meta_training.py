@@ -177,7 +177,7 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
         run.log(row)
         run.save_checkpoint(checkpoint_state(cfg, learner.state_dict(), env_steps_total, elapsed))
         echo(format_meta_step(row, cfg.meta.meta_steps))
-    if not resume or state is None or state["version"] < cfg.meta.meta_steps:
+    if state is None or state["version"] < cfg.meta.meta_steps:  # a finished run was probed
         run_probes(*learner.current())  # the final φ
     return learner
 

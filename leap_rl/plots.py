@@ -16,6 +16,13 @@ def _pyplot():
     return plt
 
 
+def _label(ax, xlabel: str, ylabel: str) -> None:
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+
+
 def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -> Path:
     """Task runs: score against env steps per game. Meta runs: also the path length (the
     training tasks' and the fixed probe tasks'), dormant and dead units of φ, and how far each
@@ -52,10 +59,7 @@ def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -
             pv = sorted(probes)
             ax.plot(pv, [probes[v]["probe_path_length"] for v in pv], marker="s", color="C2",
                     label="fixed probe tasks (like for like)")
-        ax.set_xlabel("version of φ the tasks started from")
-        ax.set_ylabel("mean path length Σw")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        _label(ax, "version of φ the tasks started from", "mean path length Σw")
         ax = axes[0][2]
         after = [r["version"] for r in meta]
         if all("dormant_fraction" in r for r in meta):
@@ -63,17 +67,11 @@ def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -
                     label="dormant (ReDo score ≤ τ)")
         ax.plot(after, [100 * r["dead_unit_fraction"] for r in meta], marker="x", color="C1",
                 label="dead (last layer, zero on every frame)")
-        ax.set_xlabel("meta-step (version of φ)")
-        ax.set_ylabel("units of φ on the probe frames (%)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        _label(ax, "meta-step (version of φ)", "units of φ on the probe frames (%)")
         ax = axes[0][3]
         for layer in meta[-1].get("moved_by_layer", {}):
             ax.plot(after, [100 * r["moved_by_layer"][layer] for r in meta], marker=".", label=layer)
-        ax.set_xlabel("meta-step (version of φ)")
-        ax.set_ylabel("‖φ_l − φ_0,l‖ / ‖φ_0,l‖ (%)")
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
+        _label(ax, "meta-step (version of φ)", "‖φ_l − φ_0,l‖ / ‖φ_0,l‖ (%)")
     fig.tight_layout()
     out = Path(out) if out is not None else Path(run_dir) / "curves.png"
     fig.savefig(out, dpi=110)

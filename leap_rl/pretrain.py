@@ -25,6 +25,7 @@ diverges is recorded and its encoder discarded: the next task starts from the la
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
 
@@ -112,31 +113,18 @@ def run_pretrain(cfg: RunConfig, run: RunDir, resume: bool = False, max_tasks: i
     return state
 
 
-def command(args) -> int:
-    """``leap-rl pretrain`` (cli.py parses the arguments)."""
-    import sys
-
-    from leap_rl.cli import _load_config, _set_threads
-    from leap_rl.schedule import meta_training_games
-
-    if args.tasks is not None and args.tasks < 1:
-        raise ConfigError(f"--tasks must be an integer ≥ 1, got {args.tasks}")
-    if args.resume:
-        run, cfg = RunDir.open_existing(args.run_dir)
-        if args.overrides or args.config:
-            print("leap-rl pretrain: note: --resume uses the run's saved config.toml; "
-                  "--set/--config are ignored", file=sys.stderr)
-    else:
-        cfg = _load_config(args)
-        run = None
-    _set_threads(cfg.runtime.torch_threads)
-    meta_training_games(cfg)  # unknown games fail here, before a run directory is made
+def command(cfg: RunConfig, run: RunDir | None, run_dir: Path, tasks: int | None) -> int:
+    """``leap-rl pretrain`` once cli.py has resolved the configuration (``run`` is the run
+    being resumed, or None for a new one)."""
+    if tasks is not None and tasks < 1:
+        raise ConfigError(f"--tasks must be an integer ≥ 1, got {tasks}")
+    resume = run is not None
     if run is None:
-        run = RunDir.create(args.run_dir, cfg)
+        run = RunDir.create(run_dir, cfg)
     m = cfg.meta
     print(f"pretraining the fine-tuning baseline: {m.meta_steps * m.tasks_per_step} tasks × "
           f"{m.env_steps_per_task} env steps (meta_steps × tasks_per_step of one meta-training run) "
           f"into {run.path}", flush=True)
-    run_pretrain(cfg, run, resume=args.resume, max_tasks=args.tasks, echo=lambda s: print(s, flush=True))
+    run_pretrain(cfg, run, resume=resume, max_tasks=tasks, echo=lambda s: print(s, flush=True))
     run.close()
     return 0

@@ -73,10 +73,10 @@ class LeapLoss:
         self.cfg = cfg
         self._smoothed: float | None = None
 
-    def __call__(self, loss: A2CLoss) -> float:
+    def __call__(self, loss: A2CLoss, total: float) -> float:
+        """``total`` is ``loss.total`` as a float, which the update has already read."""
         if self.cfg.loss_signal == "value":
             return loss.value.item()
-        total = loss.total.item()
         if self.cfg.loss_signal == "total":
             return total
         beta = self.cfg.loss_smoothing
@@ -86,7 +86,7 @@ class LeapLoss:
 
 def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Rollout,
                a2c: A2CConfig, acc: PathAccumulator, grad: torch.Tensor,
-               leap_loss: Callable[[A2CLoss], float] | None = None) -> A2CLoss | None:
+               leap_loss: Callable[[A2CLoss, float], float] | None = None) -> A2CLoss | None:
     """One A2C update on ``rollout``; Leap observes the point θ_i it starts from.
 
     ``grad`` is the flat buffer the encoder's ``.grad`` tensors are views of
@@ -111,7 +111,7 @@ def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Ro
     if first_grad is None or first_grad.data_ptr() != grad.data_ptr():
         raise RuntimeError("the encoder's gradients no longer live in the Leap buffer "
                            "(were they set to None?)")
-    f = loss_value if leap_loss is None else leap_loss(loss)
+    f = loss_value if leap_loss is None else leap_loss(loss, loss_value)
     acc.observe(f, model.encoder_flat, grad)  # raw: clipped in place below
     if a2c.max_grad_norm > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), a2c.max_grad_norm)

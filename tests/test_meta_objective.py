@@ -78,7 +78,7 @@ def _loss(total: float, value: float) -> A2CLoss:
 def test_leap_loss_total_value_and_smoothed_on_literal_values():
     totals, values = [1.0, 3.0, 2.0], [0.5, 0.25, 4.0]
     signal = {k: LeapLoss(LeapConfig(loss_signal=k, loss_smoothing=0.5)) for k in ("total", "value", "smoothed")}
-    got = {k: [s(_loss(a, b)) for a, b in zip(totals, values)] for k, s in signal.items()}
+    got = {k: [s(_loss(a, b), a) for a, b in zip(totals, values)] for k, s in signal.items()}
     assert got["total"] == totals
     assert got["value"] == values
     assert got["smoothed"] == [1.0, 0.5 * 1.0 + 0.5 * 3.0, 0.5 * 2.0 + 0.5 * 2.0]
