@@ -6,17 +6,11 @@ Every user error ends in one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
-from typing import NoReturn, Sequence
+from typing import Sequence
 
-EXIT_USAGE = 2
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:  # one line instead of usage + error
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+from leap_rl.usage import EXIT_USAGE, UsageParser
 
 
 def _config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
@@ -29,8 +23,8 @@ def _config_args(p: argparse.ArgumentParser, default_preset: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="leap-rl", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = UsageParser(prog="leap-rl", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=UsageParser)
 
     p = sub.add_parser("pool", help="list the installed games and the meta-training pool")
     p.add_argument("--all", action="store_true", help="also list games outside the pool")
@@ -66,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate_arguments(p)
 
     p = sub.add_parser("bench", help="measure speed: limits, the A2C loop, Leap's overhead, Ray workers, the learner")
-    from leap_rl.bench import add_arguments as bench_arguments
+    from bench import add_arguments as bench_arguments
     bench_arguments(p)
 
     p = sub.add_parser("plot", help="plot a run's learning curves to PNG")
@@ -95,19 +89,12 @@ def _load_config(args: argparse.Namespace):
     return load(args.preset, args.config, overrides)
 
 
-def _set_threads(threads: int) -> None:
-    import torch
-    # Oversubscription costs 5-10x on small machines (PLATFORM.md): set it on purpose.
-    torch.set_num_threads(threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(threads))
-
-
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "evaluate":
         from leap_rl.evaluate import run
         return run(args)
     if args.command == "bench":
-        from leap_rl.bench import run as run_bench
+        from bench import run as run_bench
         return run_bench(args)
     if args.command == "pool":
         from leap_rl.commands import print_pool
@@ -126,7 +113,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     else:
         cfg = _load_config(args)
         run = None
-    _set_threads(cfg.runtime.torch_threads)
+    from leap_rl.threads import set_torch_threads
+    set_torch_threads(cfg.runtime.torch_threads)
     if args.command == "task":
         from leap_rl.commands import run_task
         return run_task(cfg, args.game, args.env_steps, args.init, args.run_dir)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from leap_rl.bench import sample_frames
+from bench.limits import sample_frames
 from leap_rl.config import load
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import TaskSpec

@@ -7,7 +7,11 @@ import sys
 
 import pytest
 
-from leap_rl import bench
+import bench
+from bench.ingest import bench_ingest_ray
+from bench.ray_workers import bench_ray_workers, start_ray
+from bench.timing import serial_limit
+from leap_rl.config import load
 
 
 def positive(x) -> bool:
@@ -16,7 +20,7 @@ def positive(x) -> bool:
 
 def test_serial_limit_adds_the_times_per_env_step():
     # 1000 steps/s of env + 1000 of acting + 2000 of updates: 1 + 1 + 0.5 ms per step
-    assert bench.serial_limit(1000.0, 1000.0, 2000.0) == pytest.approx(400.0)
+    assert serial_limit(1000.0, 1000.0, 2000.0) == pytest.approx(400.0)
 
 
 def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
@@ -42,7 +46,7 @@ def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
         assert set(rates) == {"env", "act", "update", "limit"}
         assert all(positive(v) for v in rates.values())
         # The limit is the serial one of exactly these three parts (one core does them in turn).
-        assert rates["limit"] == pytest.approx(bench.serial_limit(rates["env"], rates["act"], rates["update"]))
+        assert rates["limit"] == pytest.approx(serial_limit(rates["env"], rates["act"], rates["update"]))
     # One repetition: the per-step times and the rates are two views of the same measurements.
     wall = lim["env_steps_per_s"]
     assert lim["env_step_ms"] == pytest.approx(1e3 * N / wall["env"])
@@ -100,15 +104,15 @@ def test_bench_rejects_bad_options():
 @pytest.mark.slow
 def test_ray_measurements_on_a_tiny_budget():
     """Two Ray workers and the LearnerActor's ingest (a local Ray on loopback)."""
-    started = bench._start_ray(2)
+    started = start_ray(2)
     try:
-        cfg = bench.load("ci")
-        row = bench.bench_ray_workers(cfg, "pong", 2, 80)
+        cfg = load("ci")
+        row = bench_ray_workers(cfg, "pong", 2, 80)
         assert row["workers"] == 2 and row["env_steps"] == 160
         assert positive(row["env_steps_per_s"]) and positive(row["busy_env_steps_per_s"])
         if sys.platform.startswith("linux"):  # read from /proc
             assert positive(row["worker_cores_used"])
-        timing = bench.bench_ingest_ray(cfg, "mnih2013", 0.05, window=2)
+        timing = bench_ingest_ray(cfg, "mnih2013", 0.05, window=2)
         assert timing.iters >= 3 and positive(timing.rate(1))
     finally:
         if started:

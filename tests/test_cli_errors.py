@@ -288,3 +288,12 @@ def test_usage_errors_are_one_line(cli, tmp_path):
                                                                           "--run-dir", str(tmp_path))):
         rc, _out, err = cli(*argv)
         assert_one_line_error(rc, err)
+
+
+def test_help_imports_neither_torch_nor_ray():
+    """`leap-rl --help` and every subcommand's --help are argument parsing only: no torch, no Ray
+    (bench's options live in bench/__init__.py, away from the measurements that need torch)."""
+    code = ("import sys\nfrom leap_rl.cli import build_parser\nbuild_parser()\n"
+            "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

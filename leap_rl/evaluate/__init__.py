@@ -109,9 +109,9 @@ def run(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m leap_rl.evaluate`` (the same as ``leap-rl evaluate``)."""
-    from leap_rl.cli import _Parser
+    from leap_rl.usage import UsageParser
     from leap_rl.config import ConfigError
-    parser = _Parser(prog="leap-rl evaluate")
+    parser = UsageParser(prog="leap-rl evaluate")
     add_arguments(parser)
     args = parser.parse_args(argv)
     try:

@@ -71,9 +71,9 @@ def write_transfer(results: dict, path: Path, names: dict[str, str] | None = Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from leap_rl.cli import _Parser
+    from leap_rl.usage import UsageParser
     from leap_rl.config import ConfigError
-    parser = _Parser(prog="python -m leap_rl.evaluate.transfer", description=__doc__.splitlines()[0])
+    parser = UsageParser(prog="python -m leap_rl.evaluate.transfer", description=__doc__.splitlines()[0])
     parser.add_argument("results", type=Path, help="an evaluation's results.json")
     parser.add_argument("out", type=Path, help="where to write transfer.json")
     parser.add_argument("--name", dest="names", action="append", default=[], metavar="NAME=INIT",
