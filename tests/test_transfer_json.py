@@ -73,3 +73,25 @@ def test_the_command_writes_the_file_and_refuses_bad_input(tmp_path, capsys):
     assert "missing leap" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "t.json").exists()
     assert main([str(tmp_path / "nowhere.json"), str(tmp_path / "t.json")]) == 2
+
+
+def test_two_evaluations_merge_game_by_game(tmp_path):
+    """One evaluation per task family (each with its own meta-trained inits) → one transfer.json."""
+    first = {n: {GAMES[0]: v[GAMES[0]]} for n, v in VALUES.items()}
+    second = {n: {GAMES[1]: v[GAMES[1]]} for n, v in VALUES.items()}
+    paths = []
+    for i, part in enumerate((first, second)):
+        paths.append(tmp_path / f"results{i}.json")
+        paths[-1].write_text(json.dumps(_results(part)))
+    out = tmp_path / "transfer.json"
+    assert main([str(p) for p in paths] + [str(out), "--name", "leap=leap_energy"]) == 0
+    assert json.loads(out.read_text()) == transfer_results(_results(VALUES), {"leap": "leap_energy"})
+
+
+def test_a_game_in_two_evaluations_is_refused(tmp_path, capsys):
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps(_results(VALUES)))
+    assert main([str(path), str(path), str(tmp_path / "t.json"), "--name", "leap=leap_energy"]) == 2
+    err = capsys.readouterr().err
+    assert "'breakout' is in more than one results.json" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "t.json").exists()

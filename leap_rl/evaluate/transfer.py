@@ -8,15 +8,16 @@ GAME is a game spec as ``--games`` takes it ('breakout', 'space_invaders:mode=3'
 same seed for every init (null where an agent finished no game). Made from an evaluation's
 results.json, by ``leap-rl evaluate --transfer-json PATH`` or afterwards by
 
-    python -m leap_rl.evaluate.transfer OUT/results.json docs/results/transfer.json \\
-        [--name leap=leap_energy ...]
+    python -m leap_rl.evaluate.transfer OUT/results.json [OUT2/results.json ...] \\
+        docs/results/transfer.json [--name leap=leap_energy ...]
 
-where ``--name NAME=INIT`` reports the evaluation's init INIT under NAME.
+where ``--name NAME=INIT`` reports the evaluation's init INIT under NAME. Several evaluations
+(e.g. one per task family, each with its own meta-trained inits) are merged game by game: a
+game may come from one of them only.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -63,8 +64,24 @@ def transfer_results(results: dict, names: dict[str, str] | None = None) -> dict
                       for name in NAMES}}
 
 
-def write_transfer(results: dict, path: Path, names: dict[str, str] | None = None) -> dict:
-    data = transfer_results(results, names)
+def merge_transfer(parts: Sequence[dict]) -> dict:
+    """One transfer.json from several, games in order; a game in two parts is refused (its seeds
+    would come from two different sets of initializations)."""
+    games: list[str] = []
+    for part in parts:
+        twice = [g for g in part["games"] if g in games]
+        if twice:
+            raise error(f"game {twice[0]!r} is in more than one results.json; each game must come from one evaluation")
+        games += part["games"]
+    return {"games": games,
+            "inits": {name: {game: part["inits"][name][game] for part in parts for game in part["games"]}
+                      for name in NAMES}}
+
+
+def write_transfer(results: dict | Sequence[dict], path: Path, names: dict[str, str] | None = None) -> dict:
+    """``results``: one results.json object, or several to merge (``merge_transfer``)."""
+    parts = [results] if isinstance(results, dict) else list(results)
+    data = merge_transfer([transfer_results(r, names) for r in parts])
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(Path(path), dump_json(data))
     return data
@@ -74,16 +91,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     from leap_rl.usage import UsageParser
     from leap_rl.config import ConfigError
     parser = UsageParser(prog="python -m leap_rl.evaluate.transfer", description=__doc__.splitlines()[0])
-    parser.add_argument("results", type=Path, help="an evaluation's results.json")
+    parser.add_argument("results", type=Path, nargs="+",
+                        help="an evaluation's results.json (several: merged, each game from one of them)")
     parser.add_argument("out", type=Path, help="where to write transfer.json")
     parser.add_argument("--name", dest="names", action="append", default=[], metavar="NAME=INIT",
                         help=f"report init INIT as NAME (one of {', '.join(NAMES)}; repeatable)")
     args = parser.parse_args(argv)
     try:
-        try:
-            results = json.loads(args.results.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise error(f"{str(args.results)!r} is not a readable results.json: {exc}") from None
+        results = []
+        for path in args.results:
+            try:
+                results.append(json.loads(path.read_text()))
+            except (OSError, json.JSONDecodeError) as exc:
+                raise error(f"{str(path)!r} is not a readable results.json: {exc}") from None
         data = write_transfer(results, args.out, parse_names(args.names))
     except ConfigError as exc:
         print(f"{parser.prog}: error: {exc}", file=sys.stderr)
