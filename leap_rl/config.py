@@ -9,6 +9,8 @@ docstring says so.
 
 from __future__ import annotations
 
+import copy
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass, replace
@@ -189,7 +191,6 @@ class RuntimeConfig:
     path length like for like; 0 turns the probe off. Their segments never reach φ."""
     probe_every: int = 10
     """Meta-steps between two probe measurements; φ_0 and the final φ are always probed."""
-
     def __post_init__(self) -> None:
         _require(self.workers >= 1, "runtime.workers", "an integer ≥ 1", self.workers)
         _require(self.cpus_per_worker >= 0, "runtime.cpus_per_worker", "≥ 0", self.cpus_per_worker)
@@ -208,18 +209,98 @@ class RuntimeConfig:
         _require(self.probe_every >= 1, "runtime.probe_every", "an integer ≥ 1", self.probe_every)
 
 
+RLLIB_ALGORITHMS: tuple[str, ...] = ("PPO", "APPO", "IMPALA")
+RLLIB_RESERVED: tuple[str, ...] = (
+    "env", "env_config", "num_envs_per_env_runner", "learner_class", "rl_module_spec",
+    "seed", "framework", "enable_rl_module_and_learner", "enable_env_runner_and_connector_v2",
+)
+"""AlgorithmConfig settings leap_rl sets itself: the env and its count (env.*), the RLModule
+(model.*), the Leap Learner, the task's seed and the new API stack."""
+
+
+RLLIB_DEFAULTS: dict[str, dict[str, Any]] = {
+    # OpenAI baselines' Atari PPO (ppo2's atari defaults: 8 envs × 128 steps, 4 epochs of 4
+    # minibatches, lr 2.5e-4, clip 0.1, GAE λ 0.95, value 0.5, entropy 0.01, grad clip 0.5),
+    # not RLlib's PPO defaults (lr 5e-5, 30 epochs, a KL penalty).
+    "PPO": {"lr": 2.5e-4, "gamma": 0.99, "lambda_": 0.95, "clip_param": 0.1,
+            "vf_loss_coeff": 0.5, "entropy_coeff": 0.01, "grad_clip": 0.5,
+            "grad_clip_by": "global_norm", "use_kl_loss": False, "num_epochs": 4,
+            "train_batch_size_per_learner": 1024, "minibatch_size": 256},
+    # RLlib's own defaults, but the gradient clip of the A2C path and baselines.
+    "APPO": {"grad_clip": 0.5, "grad_clip_by": "global_norm"},
+    "IMPALA": {"grad_clip": 0.5, "grad_clip_by": "global_norm"},
+}
+"""What each algorithm starts from before ``rllib.settings`` is laid over it."""
+
+
+def _check_toml_table(value: Any, name: str) -> None:
+    """A pass-through table holds what TOML can: strings, numbers, booleans, arrays, tables."""
+    _require(isinstance(value, Mapping), name, "a table of settings", value)
+    for key, item in value.items():
+        _require(isinstance(key, str) and key != "", name, "a table with string keys", key)
+        _check_toml_value(item, f"{name}.{key}")
+
+
+def _check_toml_value(value: Any, name: str) -> None:
+    if isinstance(value, Mapping):
+        _check_toml_table(value, name)
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_toml_value(item, f"{name}[{i}]")
+    else:
+        _require(isinstance(value, (bool, int, float, str)), name,
+                 "a string, number, boolean, array or table", value)
+
+
+@dataclass(frozen=True)
+class RLlibConfig:
+    """The inner learner when ``inner = "rllib"``: one of RLlib's algorithms on its new API stack
+    (actors/rllib_inner, docs/RLLIB.md). Not the paper's setting: the paper's agent is A2C."""
+
+    algorithm: Literal["PPO", "APPO", "IMPALA"] = "PPO"
+    settings: dict[str, Any] = field(default_factory=dict)
+    """AlgorithmConfig attributes passed through by name (``lr``, ``num_epochs``,
+    ``num_env_runners``, ``num_learners``, ``num_gpus_per_learner``, …), laid over
+    RLLIB_DEFAULTS[algorithm]; a TOML file or --set changes single keys
+    (``--set rllib.settings.lr=1e-4``). The names are checked against the algorithm's config
+    class when a task starts. Not settable here: RLLIB_RESERVED."""
+
+    def __post_init__(self) -> None:
+        _require(self.algorithm in RLLIB_ALGORITHMS, "rllib.algorithm",
+                 "one of " + ", ".join(repr(a) for a in RLLIB_ALGORITHMS), self.algorithm)
+        _check_toml_table(self.settings, "rllib.settings")
+        for key in self.settings:
+            _require(key not in RLLIB_RESERVED, f"rllib.settings.{key}",
+                     "left out: leap_rl sets it (the env from env.*, the RLModule from model.*, "
+                     "the Leap Learner, the task's seed)", self.settings[key])
+
+    @property
+    def algorithm_settings(self) -> dict[str, Any]:
+        """RLLIB_DEFAULTS[algorithm] with ``settings`` laid over it."""
+        return {**copy.deepcopy(RLLIB_DEFAULTS[self.algorithm]), **copy.deepcopy(self.settings)}
+
+
 @dataclass(frozen=True)
 class RunConfig:
     seed: int = 0
+    inner: Literal["a2c", "rllib"] = "a2c"
+    """The inner learner of each task: 'a2c' (this project's A2C, the paper's agent) or 'rllib'
+    (an RLlib algorithm, the ``[rllib]`` section; actors/rllib_inner). 'rllib' runs only on the
+    Ray runtime."""
     env: EnvConfig = field(default_factory=EnvConfig)
     a2c: A2CConfig = field(default_factory=A2CConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     leap: LeapConfig = field(default_factory=LeapConfig)
     meta: MetaConfig = field(default_factory=MetaConfig)
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
+    rllib: RLlibConfig = field(default_factory=RLlibConfig)
 
     def __post_init__(self) -> None:
         _require(isinstance(self.seed, int) and self.seed >= 0, "seed", "an integer ≥ 0", self.seed)
+        _require(self.inner in ("a2c", "rllib"), "inner", "one of 'a2c', 'rllib'", self.inner)
+        # RLlib's Learner reports one loss per step, the total: it has no value-loss signal.
+        _require(self.inner == "a2c" or self.leap.loss_signal != "value", "leap.loss_signal",
+                 "'total' or 'smoothed' with inner = 'rllib'", self.leap.loss_signal)
 
     @property
     def env_steps_per_update(self) -> int:
@@ -269,6 +350,9 @@ def _ci() -> RunConfig:
         meta=MetaConfig(games=("pong", "qbert"), tasks_per_step=2, meta_steps=2,
                         env_steps_per_task=400, segment_every=5),
         runtime=RuntimeConfig(workers=2, log_every=10, dead_unit_probe=16, probe_tasks=1, probe_every=1),
+        # inner = "rllib": batches small enough for several PPO iterations in 400 env steps
+        rllib=RLlibConfig(settings={"train_batch_size_per_learner": 64, "minibatch_size": 32,
+                                    "num_epochs": 2}),
     )
 
 
@@ -289,6 +373,8 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         value = getattr(cfg, f.name)
         if is_dataclass(value):
             out[f.name] = to_dict(value)
+        elif isinstance(value, dict):  # a pass-through table (rllib.settings): a copy
+            out[f.name] = copy.deepcopy(value)
         elif isinstance(value, tuple):
             out[f.name] = list(value)
         else:
@@ -335,6 +421,11 @@ def merge(base: Any, data: Mapping[str, Any], prefix: str = "") -> Any:
         if is_dataclass(current):
             _require(isinstance(value, Mapping), name, "a table of settings", value)
             changes[key] = merge(current, value, prefix=f"{name}.")
+        elif isinstance(current, dict):
+            # A pass-through table merges key by key, so `--set rllib.settings.lr=…` keeps the
+            # preset's other keys; its values are checked by the section's __post_init__.
+            _require(isinstance(value, Mapping), name, "a table of settings", value)
+            changes[key] = {**current, **value}
         else:
             changes[key] = _coerce(value, hints[key], name)
     try:
@@ -382,13 +473,18 @@ def load(preset_name: str = "baselines", toml_file: Path | None = None,
 
 def dumps_toml(cfg: RunConfig) -> str:
     """The resolved configuration as TOML (written into every run directory)."""
+    def key(k: str) -> str:
+        return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else value(k)
+
     def value(v: Any) -> str:
         if isinstance(v, bool):
             return "true" if v else "false"
         if isinstance(v, (int, float)):
             return repr(v)
-        if isinstance(v, list):
+        if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, Mapping):  # a pass-through table (rllib.settings), inline
+            return "{" + ", ".join(f"{key(k)} = {value(x)}" for k, x in v.items()) + "}"
         return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
 
     data = to_dict(cfg)
