@@ -18,7 +18,7 @@ from bench.loop import bench_env_setup, bench_loop
 from bench.ray_workers import bench_ray_workers, start_ray
 from bench.sb3 import bench_sb3
 from bench.timing import machine_busy, median_timing, serial_limit, with_network
-from bench.update import bench_update
+from bench.update import bench_axpy, bench_step_out, bench_update
 from leap_rl.config import load
 from leap_rl.envs import normalize_game
 from leap_rl.models import encoder_size
@@ -129,15 +129,24 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
             return statistics.median(1e3 * getattr(getattr(t, part), clock) / getattr(t, part).iters
                                      for t in timings)
 
-        up, leap, gather = ms("update", "wall"), ms("leap", "wall"), ms("gather", "wall")
-        up_c, leap_c, gather_c = ms("update", "cpu"), ms("leap", "cpu"), ms("gather", "cpu")
+        n = timings[0].encoder_params
+        axpys = [bench_axpy(n, secs / 4) for _ in range(opts.repeat)]
+        step_outs = [bench_step_out(n, secs / 4) for _ in range(opts.repeat)]
+        axpy = statistics.median(1e3 * t.wall / t.iters for t in axpys)
+        step_out_extra = statistics.median(1e3 * (kept.wall / kept.iters - fused.wall / fused.iters)
+                                           for fused, kept in step_outs)
+        up, leap, ref = ms("update", "wall"), ms("leap", "wall"), ms("reference", "wall")
+        up_c, leap_c, ref_c = ms("update", "cpu"), ms("leap", "cpu"), ms("reference", "cpu")
         overhead[network] = {
-            "encoder_params": timings[0].encoder_params, "frames_per_update": N * T,
+            "encoder_params": n, "frames_per_update": N * T,
             "update_ms": up, "leap_ms": leap, "fraction": leap / up,
             "update_cpu_ms": up_c, "leap_cpu_ms": leap_c,
             "fraction_cpu": leap_c / up_c if up_c > 0 else float("nan"),
-            "old_gather_ms": gather, "old_fraction": (leap + gather) / up,
-            "old_fraction_cpu": (leap_c + gather_c) / up_c if up_c > 0 else float("nan"),
+            "axpy_ms": axpy, "leap_axpys": leap / axpy,
+            # what the optimizer pays to write Δθ out for Leap (inside update_ms)
+            "step_out_extra_ms": step_out_extra, "step_out_extra_axpys": step_out_extra / axpy,
+            "leap_total_axpys": (leap + step_out_extra) / axpy,
+            "reference_ms": ref, "reference_axpys": ref / axpy,
         }
     out["leap_overhead"] = overhead
     out["leap_metric"] = cfg.leap.metric

@@ -1,4 +1,8 @@
-"""The A2C update alone, with Leap's part of it timed separately, and the axpy it is measured in."""
+"""The A2C update alone, with Leap's part of it timed separately, and the axpy it is measured in.
+
+Leap is memory-bound, so its share of an update moves with the machine; counted in axpys (one
+``a.add_(b, alpha=c)`` of an encoder-sized vector, timed in the same run) it does not.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,10 @@ from bench.timing import Timing, clocks, repeat
 from leap_rl.config import RunConfig
 from leap_rl.envs import num_actions
 from leap_rl.leap import PathAccumulator
+from leap_rl.leap_inputs import LeapInputs
 from leap_rl.models import ActorCritic
-from leap_rl.task import Rollout, a2c_update, bind_encoder_grads
+from leap_rl.optim import inner_optimizer
+from leap_rl.task import Rollout, a2c_update
 
 
 @dataclass(frozen=True)
@@ -21,51 +27,57 @@ class UpdateTiming:
     update: Timing
     """Bootstrap value, returns, forward, backward, clip, RMSProp step: everything but Leap."""
     leap: Timing
-    """``PathAccumulator.observe`` on the gradient buffer, as the loop calls it."""
-    gather: Timing
-    """``model.encoder_grad_into``: the copy of the encoder gradient the loop made before
-    ``bind_encoder_grads`` (timed for comparison; the loop no longer pays it)."""
+    """``PathAccumulator.observe_step`` as the loop calls it (its memory floor)."""
+    reference: Timing
+    """``PathAccumulator.observe`` on the same points (the reference form, which copies θ and
+    g): timed for comparison, the loop does not pay it."""
     encoder_params: int
 
 
 class _TimedAccumulator:
     """Stands in for the loop's ``PathAccumulator`` inside ``a2c_update`` and times its part:
-    ``observe`` itself, first, with the gradient as cold in the caches as the loop has it; then
-    the gradient copy the loop made before ``bind_encoder_grads`` (for comparison only; its
-    result is unused)."""
+    ``observe_step`` first, with the buffers as cold in the caches as the loop has them; then
+    the reference ``observe`` on the same point, into an accumulator of its own."""
 
-    def __init__(self, acc: PathAccumulator, model: ActorCritic) -> None:
-        self.acc, self.model = acc, model
-        self.scratch = torch.zeros(acc.num_params)
-        self.sums = {"gather": [0.0, 0.0], "leap": [0.0, 0.0]}  # [wall, cpu]
+    def __init__(self, acc: PathAccumulator, inputs: LeapInputs) -> None:
+        self.acc, self.inputs = acc, inputs
+        self.reference = PathAccumulator(acc.num_params, acc.config)
+        self.sums = {"leap": [0.0, 0.0], "reference": [0.0, 0.0]}  # [wall, cpu]
 
     def _add(self, key: str, a: tuple[float, float], b: tuple[float, float]) -> None:
         self.sums[key][0] += b[0] - a[0]
         self.sums[key][1] += b[1] - a[1]
 
-    def observe(self, loss: float, params: torch.Tensor, grad: torch.Tensor) -> None:
+    def observe_step(self, loss: float, params: torch.Tensor, step: torch.Tensor | None,
+                     prev_grad: torch.Tensor | None, prev_grad_scale: float = 1.0) -> None:
         t0 = clocks()
-        self.acc.observe(loss, params, grad)
+        self.acc.observe_step(loss, params, step, prev_grad, prev_grad_scale)
         t1 = clocks()
-        self.model.encoder_grad_into(self.scratch)
+        self.reference.observe(loss, params, self.inputs.grad)  # g_i, raw: clipping comes next
         t2 = clocks()
         self._add("leap", t0, t1)
-        self._add("gather", t1, t2)
+        self._add("reference", t1, t2)
+
+    def restart(self) -> None:
+        """The model was restored: a new path starts (the bench's stand-in for a new task)."""
+        self.acc.reset()
+        self.reference.reset()
+        self.inputs.start_task()
 
 
 def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float) -> UpdateTiming:
-    """The loop's update (``task.a2c_update``, the very function ``TaskRunner.run`` calls) on a
-    stored batch of ``unroll × num_envs`` frames, with Leap's part timed separately. The model
-    is restored every 50 updates so repeated steps on one batch never drift into a degenerate
-    (or non-finite) regime."""
+    """The loop's update (``task.a2c_update``, the very function ``TaskRunner.run`` calls, with
+    its optimizer and Leap inputs) on a stored batch of ``unroll × num_envs`` frames, with
+    Leap's part timed separately. The model is restored every 50 updates so repeated steps on
+    one batch never drift into a degenerate (or non-finite) regime."""
     a2c, T, N = cfg.a2c, cfg.a2c.unroll, cfg.env.num_envs
     torch.manual_seed(cfg.seed)
     n_act = num_actions(game, cfg.env.full_action_space)
     model = ActorCritic(cfg.model, n_act)
-    optimizer = torch.optim.RMSprop(model.parameters(), lr=a2c.lr, alpha=a2c.rms_alpha, eps=a2c.rms_eps)
     n = model.encoder_flat.numel()
-    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), model)
-    grad = bind_encoder_grads(model, torch.zeros(n))
+    inputs = LeapInputs(n)
+    optimizer = inner_optimizer(model.parameters(), a2c, step_out=inputs.step_out(model))
+    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), inputs)
     rng = torch.Generator().manual_seed(cfg.seed)
     rollout = Rollout(
         obs=frames[:T].contiguous(),
@@ -82,9 +94,10 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
         nonlocal count
         if count % 50 == 0:
             model.load_state_dict(saved)
+            acc.restart()
         count += 1
         t0 = clocks()
-        if a2c_update(model, optimizer, rollout, a2c, acc, grad) is None:
+        if a2c_update(model, optimizer, rollout, a2c, acc, inputs) is None:
             raise RuntimeError("bench: the update's loss is not finite")
         t1 = clocks()
         total[0] += t1[0] - t0[0]
@@ -94,6 +107,35 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
     for v in (total, *acc.sums.values()):
         v[0] = v[1] = 0.0
     iters = repeat(step, seconds, warmup=0).iters
-    leap, gather = acc.sums["leap"], acc.sums["gather"]
-    update = Timing(iters, total[0] - leap[0] - gather[0], total[1] - leap[1] - gather[1])
-    return UpdateTiming(update, Timing(iters, *leap), Timing(iters, *gather), n)
+    leap, ref = acc.sums["leap"], acc.sums["reference"]
+    update = Timing(iters, total[0] - leap[0] - ref[0], total[1] - leap[1] - ref[1])
+    return UpdateTiming(update, Timing(iters, *leap), Timing(iters, *ref), n)
+
+
+def bench_axpy(num_params: int, seconds: float) -> Timing:
+    """One axpy, ``a.add_(b, alpha=c)``, on vectors of ``num_params`` floats: Leap's unit."""
+    a, b = torch.zeros(num_params), torch.full((num_params,), 1e-3)
+
+    def step() -> None:
+        a.add_(b, alpha=-0.5)
+
+    return repeat(step, seconds, warmup=5)
+
+
+def bench_step_out(num_params: int, seconds: float) -> tuple[Timing, Timing]:
+    """The optimizer's last pass over θ two ways, on ``num_params`` floats: PyTorch's fused
+    ``θ.addcdiv_(g, d, value=-lr)``, and the same arithmetic keeping the step for Leap
+    (``torch.mul(g, -lr, out=s).div_(d)``; ``θ.add_(s)``). The difference is what writing Δθ
+    out costs the optimizer: Leap's share of the update outside ``observe_step``."""
+    theta, g, s = torch.zeros(num_params), torch.full((num_params,), 1e-3), torch.zeros(num_params)
+    d = torch.full((num_params,), 2.0)
+    lr = 1e-4
+
+    def fused() -> None:
+        theta.addcdiv_(g, d, value=-lr)
+
+    def kept() -> None:
+        torch.mul(g, -lr, out=s).div_(d)
+        theta.add_(s)
+
+    return repeat(fused, seconds, warmup=5), repeat(kept, seconds, warmup=5)

@@ -20,8 +20,19 @@ the pair straddling a segment boundary is counted exactly once and the sum of al
 a task equals the unsegmented result.
 
 Under the energy metric every w_i is 1, so Σ Δθ_i telescopes to θ_last − θ_first: that part is
-read off two points at flush time instead of being summed step by step (three passes over the
-parameter vector fewer per step; the cost that remains is measured by ``leap-rl bench``).
+read off two points at flush time instead of being summed step by step.
+
+Two ways to show the accumulator a point:
+
+- ``observe(f_i, θ_i, g_i)``: the reference form. It copies θ_i and g_i (the caller changes
+  both afterwards), so Δθ_i is a subtraction and g_{i−1} a copy: about five passes over the
+  vector per step.
+- ``observe_step(f_i, θ_i, Δθ_i, g_{i−1}, c_{i−1})``: the same sum at its memory floor, for a
+  training loop that already holds Δθ_i (the step its optimizer added, ``optim.RMSprop``'s
+  ``step_out``) and g_{i−1} (its gradient alternates between two buffers, and clipping scaled
+  the old one in place by c_{i−1}, which is divided back out of a scalar). Per step: ‖Δθ_i‖
+  and the loss term's axpy under energy, plus the Δθ_i/w_i axpy under length.
+  ``leap-rl bench`` measures both in axpys.
 """
 
 from __future__ import annotations
@@ -106,7 +117,15 @@ class PathAccumulator:
                 send(acc.flush(), stats)
         acc.reset()   # next task
 
-    All vectors are preallocated on ``device``; ``observe`` only does in-place vector ops.
+    With ``observe_step`` (what ``TaskRunner`` does), flush between observing and the step::
+
+            acc.observe_step(loss.item(), flat_params, last_step, prev_raw_grads_buffer, prev_clip_coef)
+            if time_to_send:
+                stats = acc.stats()
+                send(acc.flush(), stats)             # θ is still the point just observed
+            clip_grad_norm_(...); optimizer.step()   # writes the next Δθ into last_step
+
+    All vectors are preallocated on ``device``; both forms only do in-place vector ops.
     """
 
     def __init__(
@@ -129,6 +148,8 @@ class PathAccumulator:
         self._loss_part = make()  # Σ Δf̃_i · g_{i−1} / w_i
         self._prev_loss = 0.0
         self._has_prev = False
+        self._last_params = self._prev_params  # θ of the last point: a copy, or observe_step's live θ
+        self._form: str | None = None  # 'observe' or 'observe_step', fixed per task
         self._zero_stats()
 
     def _zero_stats(self) -> None:
@@ -138,27 +159,59 @@ class PathAccumulator:
         self._abs_loss_change_sum = 0.0
 
     def observe(self, loss: float, params: torch.Tensor, grad: torch.Tensor) -> None:
-        """Record the point (θ_i, f_i) and the raw gradient g_i at it."""
-        if not isinstance(loss, float):
-            # A live tensor would drag its autograd graph along (LEAP.md §2).
-            raise TypeError(f"loss must be a detached Python float, got {type(loss).__name__}")
-        if params.shape != (self.num_params,) or grad.shape != (self.num_params,):
-            raise ValueError(
-                f"params and grad must be 1-D of length {self.num_params}, "
-                f"got {tuple(params.shape)} and {tuple(grad.shape)}"
-            )
+        """Record the point (θ_i, f_i) and the raw gradient g_i at it (both copied)."""
+        self._check(loss, "observe", params=params, grad=grad)
         if self._has_prev:
-            self._add_increment(loss, params)
+            delta_theta = torch.sub(params, self._prev_params, out=self._delta_theta)
+            self._add_increment(loss, delta_theta, self._prev_grad, 1.0)
         elif self._telescopes:
             self._first_params.copy_(params)
         self._prev_params.copy_(params)
         self._prev_grad.copy_(grad)
+        self._last_params = self._prev_params
         self._prev_loss = loss
         self._has_prev = True
 
-    def _add_increment(self, loss: float, params: torch.Tensor) -> None:
+    def observe_step(self, loss: float, params: torch.Tensor, step: torch.Tensor | None,
+                     prev_grad: torch.Tensor | None, prev_grad_scale: float = 1.0) -> None:
+        """Record the point (θ_i, f_i) from what the training loop already holds, copying nothing:
+
+        - ``step``: Δθ_i, the step the optimizer added to θ since the previous point (None at
+          a task's first point);
+        - ``prev_grad``: a buffer still holding the raw g_{i−1}, since scaled in place by
+          ``prev_grad_scale`` (gradient clipping's coefficient); None at the first point;
+        - ``params``: θ_i, live. It is read at a segment's first point and by ``flush`` (and
+          ``param_part``), which therefore come before the optimizer moves θ again.
+
+        The same sum as ``observe`` on the same path, up to float rounding (Δθ_i is the step
+        as computed, not the difference of two rounded θ)."""
+        self._check(loss, "observe_step", params=params, grad=step if step is not None else prev_grad)
+        if self._has_prev:
+            if step is None or prev_grad is None:
+                raise ValueError("observe_step needs the step and the previous gradient after the first point")
+            self._add_increment(loss, step, prev_grad, prev_grad_scale)
+        elif self._telescopes:
+            self._first_params.copy_(params)
+        self._last_params = params
+        self._prev_loss = loss
+        self._has_prev = True
+
+    def _check(self, loss: float, form: str, **vectors: torch.Tensor | None) -> None:
+        if not isinstance(loss, float):
+            # A live tensor would drag its autograd graph along (LEAP.md §2).
+            raise TypeError(f"loss must be a detached Python float, got {type(loss).__name__}")
+        bad = {k: tuple(v.shape) for k, v in vectors.items() if v is not None and v.shape != (self.num_params,)}
+        if bad:
+            raise ValueError(f"{' and '.join(bad)} must be 1-D of length {self.num_params}, got "
+                             f"{' and '.join(str(v) for v in bad.values())}")
+        if self._form not in (None, form):
+            raise ValueError(f"{form}() after {self._form}() in one task: reset() between tasks")
+        self._form = form
+
+    def _add_increment(self, loss: float, delta_theta: torch.Tensor, prev_grad: torch.Tensor,
+                       prev_grad_scale: float) -> None:
+        """Add (Δθ_i + Δf̃_i · g_{i−1}) / w_i, where g_{i−1} = prev_grad / prev_grad_scale."""
         cfg = self.config
-        delta_theta = torch.sub(params, self._prev_params, out=self._delta_theta)
         delta_loss = loss - self._prev_loss
         if not cfg.loss:
             loss_term = 0.0
@@ -173,7 +226,7 @@ class PathAccumulator:
         if not self._telescopes:
             self._param_part.add_(delta_theta, alpha=1.0 / weight)
         if loss_term != 0.0:
-            self._loss_part.add_(self._prev_grad, alpha=loss_term / weight)
+            self._loss_part.add_(prev_grad, alpha=loss_term / (weight * prev_grad_scale))
 
         self._increments += 1
         self._path_length += length
@@ -190,7 +243,7 @@ class PathAccumulator:
         if self._telescopes:
             if self._increments == 0:
                 return self._param_part  # zeros: no pair since the last flush
-            return torch.sub(self._prev_params, self._first_params, out=self._param_part)
+            return torch.sub(self._last_params, self._first_params, out=self._param_part)
         return self._param_part
 
     @property
@@ -213,12 +266,13 @@ class PathAccumulator:
         """Return M = Σ (Δθ_i + Δf̃_i·g_{i−1}) / w_i since the last flush, then zero it.
 
         The previous point is kept, so the next increment pairs it with the next observe().
+        After ``observe_step``, call it before the optimizer moves θ (energy reads θ_last live).
         """
         vector = self.param_part + self._loss_part
         self._param_part.zero_()
         self._loss_part.zero_()
         if self._telescopes:
-            self._first_params.copy_(self._prev_params)  # the kept point starts the next sum
+            self._first_params.copy_(self._last_params)  # the kept point starts the next sum
         self._zero_stats()
         return vector
 
@@ -226,6 +280,8 @@ class PathAccumulator:
         """A new task starts: forget the previous point and zero the accumulator."""
         self.flush()
         self._has_prev = False
+        self._last_params = self._prev_params
+        self._form = None
 
 
 def meta_gradient(task_vectors: Sequence[torch.Tensor]) -> torch.Tensor:

@@ -13,23 +13,38 @@ code of the paper's time) used, starts the average at 1 and puts eps inside the 
 so its first steps are about lr · g: small. Stable-Baselines3 ships ``RMSpropTFLike`` for the
 same reason. Under Leap's energy metric the early steps weigh most in Σ‖Δθ‖², so the choice
 changes what Leap minimizes (LEAP.md §8; docs/RESULTS.md §3 measures it).
+
+Both are written here (PyTorch's form with the arithmetic of ``torch.optim.RMSprop``'s
+single-tensor path, in its order, so θ is the same bit for bit: tested) for one reason: they
+can write the step they add to chosen parameters into given tensors (``step_out``). Leap needs
+Δθ_i = θ_i − θ_{i−1} every update; read from there it costs no copy of θ and no subtraction
+(``PathAccumulator.observe_step``).
 """
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Iterable, Mapping
 
 import torch
 
 from leap_rl.config import A2CConfig
 
+StepOut = Mapping[torch.nn.Parameter, torch.Tensor]
 
-class TFRMSprop(torch.optim.Optimizer):
-    """RMSProp as TensorFlow 1 computes it (no momentum, not centered): v_0 = 1, eps inside the root."""
+
+class _RMSpropBase(torch.optim.Optimizer):
+    """RMSProp without momentum, not centered; subclasses say where v starts and where eps goes."""
+
+    initial_square_avg = 0.0
 
     def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, alpha: float = 0.99,
-                 eps: float = 1e-10) -> None:
+                 eps: float = 1e-8, step_out: StepOut | None = None) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps))
+        self.step_out = dict(step_out or {})
+        """parameter → a tensor of its shape that each step() overwrites with the step it adds."""
+
+    def _denominator(self, square_avg: torch.Tensor, eps: float) -> torch.Tensor:
+        raise NotImplementedError
 
     @torch.no_grad()
     def step(self, closure=None):  # noqa: ANN001 (torch's signature)
@@ -40,15 +55,44 @@ class TFRMSprop(torch.optim.Optimizer):
                     continue
                 state = self.state[p]
                 if not state:
-                    state["square_avg"] = torch.ones_like(p, memory_format=torch.preserve_format)
+                    state["square_avg"] = torch.full_like(p, self.initial_square_avg,
+                                                          memory_format=torch.preserve_format)
                 square_avg = state["square_avg"]
                 square_avg.mul_(alpha).addcmul_(p.grad, p.grad, value=1.0 - alpha)
-                p.addcdiv_(p.grad, square_avg.add(eps).sqrt_(), value=-lr)
+                denominator = self._denominator(square_avg, eps)
+                out = self.step_out.get(p)
+                if out is None:
+                    p.addcdiv_(p.grad, denominator, value=-lr)
+                else:
+                    # addcdiv_ computes θ + (value·g)/d: the same three roundings in the same
+                    # order, with the step kept, so θ comes out bit for bit the same.
+                    torch.mul(p.grad, -lr, out=out).div_(denominator)
+                    p.add_(out)
         return None
 
 
-def inner_optimizer(params: Iterable[torch.nn.Parameter], a2c: A2CConfig) -> torch.optim.Optimizer:
-    """The task's optimizer named by ``a2c.optimizer``."""
-    if a2c.optimizer == "rmsprop_tf":
-        return TFRMSprop(params, lr=a2c.lr, alpha=a2c.rms_alpha, eps=a2c.rms_eps)
-    return torch.optim.RMSprop(params, lr=a2c.lr, alpha=a2c.rms_alpha, eps=a2c.rms_eps)
+class RMSprop(_RMSpropBase):
+    """PyTorch's form: v_0 = 0, θ −= lr · g / (sqrt(v) + eps); ``torch.optim.RMSprop``'s arithmetic."""
+
+    def _denominator(self, square_avg: torch.Tensor, eps: float) -> torch.Tensor:
+        return square_avg.sqrt().add_(eps)
+
+
+class TFRMSprop(_RMSpropBase):
+    """RMSProp as TensorFlow 1 computes it: v_0 = 1, eps inside the root."""
+
+    initial_square_avg = 1.0
+
+    def __init__(self, params: Iterable[torch.nn.Parameter], lr: float, alpha: float = 0.99,
+                 eps: float = 1e-10, step_out: StepOut | None = None) -> None:
+        super().__init__(params, lr, alpha, eps, step_out)
+
+    def _denominator(self, square_avg: torch.Tensor, eps: float) -> torch.Tensor:
+        return square_avg.add(eps).sqrt_()
+
+
+def inner_optimizer(params: Iterable[torch.nn.Parameter], a2c: A2CConfig,
+                    step_out: StepOut | None = None) -> torch.optim.Optimizer:
+    """The task's optimizer named by ``a2c.optimizer``; ``step_out``: see ``_RMSpropBase``."""
+    kind = TFRMSprop if a2c.optimizer == "rmsprop_tf" else RMSprop
+    return kind(params, lr=a2c.lr, alpha=a2c.rms_alpha, eps=a2c.rms_eps, step_out=step_out)

@@ -36,7 +36,8 @@ from leap_rl.config import load
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import TaskSpec
 from leap_rl.models import ActorCritic, as_training_batch, initial_encoder
-from leap_rl.task import a2c_update, bind_encoder_grads
+from leap_rl.leap_inputs import bind_encoder_grads
+from leap_rl.task import a2c_update
 
 REPO = Path(__file__).resolve().parent.parent
 

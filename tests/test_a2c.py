@@ -15,7 +15,7 @@ from leap_rl.leap import PathAccumulator
 from leap_rl.messages import TaskSpec
 from leap_rl.models import ActorCritic, as_training_batch, encoder_size, initial_encoder
 from leap_rl.task import TaskRunner
-from test_leap import reference_H, reference_increments
+from test_leap import COMBO_IDS, COMBOS, reference_H, reference_increments
 
 torch.set_num_threads(1)
 
@@ -151,19 +151,43 @@ def test_task_runner_is_deterministic_for_a_seed():
 
 
 class RecordingAccumulator(PathAccumulator):
-    def observe(self, loss, params, grad):
-        self.grad_norms.append(float(grad.norm()))
-        super().observe(loss, params, grad)
+    """Records the raw g_{i−1} the loop hands Leap (the buffer divided by its clipping factor)
+    and the norm of the buffer itself (what clipping left in it)."""
+
+    def observe_step(self, loss, params, step, prev_grad, prev_grad_scale=1.0):
+        if prev_grad is not None:
+            self.grad_norms.append(float(prev_grad.norm()) / prev_grad_scale)
+            self.clipped_norms.append(float(prev_grad.norm()))
+        super().observe_step(loss, params, step, prev_grad, prev_grad_scale)
 
 
 def test_leap_reads_the_raw_gradient_before_clipping():
     cfg = small_config(max_grad_norm=1e-4)
     runner = TaskRunner(cfg)
     runner.accumulator = RecordingAccumulator(runner.accumulator.num_params, cfg.leap)
-    runner.accumulator.grad_norms = []
+    runner.accumulator.grad_norms, runner.accumulator.clipped_norms = [], []
     runner.run(TaskSpec("t", "pong", 0, seed=1, env_steps=200), initial_encoder(cfg.model, 0))
-    assert len(runner.accumulator.grad_norms) == 10
+    assert len(runner.accumulator.grad_norms) == 9  # 10 updates: g_1 … g_9 are some point's g_{i−1}
     assert min(runner.accumulator.grad_norms) > 1e-4  # clipping would cap the total at 1e-4
+    assert max(runner.accumulator.clipped_norms) <= 1e-4 * (1 + 1e-5)  # …and it did, in the buffer
+
+
+def test_leap_gets_the_raw_gradient_back_from_a_clipped_buffer():
+    """clip_gradients's factor is clip_grad_norm_'s: dividing it out of the clipped buffer gives
+    the raw gradient to float rounding, for a clipped and for an unclipped gradient."""
+    from leap_rl.leap_inputs import bind_encoder_grads, clip_gradients
+    torch.manual_seed(0)
+    model = ActorCritic(ModelConfig(network="mnih2013"), num_actions=4)
+    grad = bind_encoder_grads(model, torch.zeros(model.encoder_flat.numel()))
+    frames = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    for max_norm in (1e-3, 1e6):
+        model.zero_grad(set_to_none=False)
+        logits, values = model(frames)
+        (logits.square().mean() + values.square().mean()).backward()
+        raw = grad.clone()
+        scale = clip_gradients(model, max_norm)
+        assert (scale < 1) == (max_norm == 1e-3)
+        torch.testing.assert_close(grad / scale, raw, rtol=1e-6, atol=0)
 
 
 def with_meta(cfg, **meta):
@@ -172,16 +196,19 @@ def with_meta(cfg, **meta):
 
 class SnapshotAccumulator(PathAccumulator):
     """The real accumulator, plus a copy of every point it is shown, taken when it is shown
-    (the loop passes live buffers that change after the call)."""
+    (the loop passes live buffers that change after the call): (f_i, θ_i, g_i) with g_i
+    recovered at the next point, where the loop hands it over as g_{i−1}."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.points, self.buffers = [], set()
 
-    def observe(self, loss, params, grad):
-        self.points.append((loss, params.detach().numpy().copy(), grad.detach().numpy().copy()))
-        self.buffers.add((params.data_ptr(), grad.data_ptr()))
-        super().observe(loss, params, grad)
+    def observe_step(self, loss, params, step, prev_grad, prev_grad_scale=1.0):
+        if prev_grad is not None:
+            self.points[-1] = (*self.points[-1][:2], (prev_grad / prev_grad_scale).numpy().copy())
+            self.buffers.add((params.data_ptr(), step.data_ptr(), prev_grad.data_ptr()))
+        self.points.append((loss, params.detach().numpy().copy(), None))
+        super().observe_step(loss, params, step, prev_grad, prev_grad_scale)
 
 
 def run_with_snapshots(cfg, spec):
@@ -192,16 +219,19 @@ def run_with_snapshots(cfg, spec):
     return result, segments, runner.accumulator
 
 
-@pytest.mark.parametrize("metric", ("energy", "length"))
-def test_loop_segments_match_the_naive_leap_reference_on_the_loops_own_buffers(metric):
+@pytest.mark.parametrize("metric,loss,stabilizer", COMBOS, ids=COMBO_IDS)
+def test_loop_segments_match_the_naive_leap_reference_on_the_loops_own_buffers(metric, loss, stabilizer):
     """The loop hands Leap its live buffers: θ is ``encoder_flat`` (optimizer.step() moves it
-    after the call) and g the gradient buffer (clipped in place after the call). What Leap sends
-    must still be the LEAP.md §2 sum over the points as they were when observed."""
+    after the call), Δθ the optimizer's step buffer and g_{i−1} the gradient buffer of the
+    previous update (clipped in place since). What Leap sends must still be the LEAP.md §2 sum
+    over the points as they were when observed, for every flag combination."""
     cfg = with_meta(small_config(), segment_every=4)
-    cfg = dataclasses.replace(cfg, leap=dataclasses.replace(cfg.leap, metric=metric))
+    cfg = dataclasses.replace(cfg, leap=dataclasses.replace(cfg.leap, metric=metric, loss=loss, stabilizer=stabilizer))
     result, segments, acc = run_with_snapshots(cfg, TaskSpec("t", "pong", 0, seed=1, env_steps=300))
     assert len(acc.points) == result.updates == 15 and len(segments) == 4
-    assert len(acc.buffers) == 1  # one θ buffer and one g buffer, reused every update
+    # one θ buffer, one step buffer and two gradient buffers taking turns, reused every update
+    assert len(acc.buffers) == 2 and len({b[2] for b in acc.buffers}) == 2 and len({b[:2] for b in acc.buffers}) == 1
+    acc.points[-1] = (*acc.points[-1][:2], np.zeros_like(acc.points[-1][1]))  # the last g is never used
     leap = cfg.leap
     want = torch.from_numpy(reference_H(acc.points, leap.metric, leap.loss, leap.stabilizer))
     got = -torch.stack([s.vector for s in segments]).sum(0)

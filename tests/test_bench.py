@@ -65,11 +65,14 @@ def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
     assert positive(res["task_setup"]["make_vec_env_s"])
     assert set(res["leap_overhead"]) == {"mnih2013", "nature"}
     for row in res["leap_overhead"].values():
-        for key in ("update_ms", "leap_ms", "old_gather_ms"):
+        for key in ("update_ms", "leap_ms", "axpy_ms", "reference_ms"):
             assert positive(row[key]), key
         assert row["frames_per_update"] == N * T
         assert row["fraction"] == pytest.approx(row["leap_ms"] / row["update_ms"])
-        assert row["old_fraction"] == pytest.approx((row["leap_ms"] + row["old_gather_ms"]) / row["update_ms"])
+        # Leap in axpys: observe_step's time, and with the optimizer's step-out, over one axpy's
+        assert row["leap_axpys"] == pytest.approx(row["leap_ms"] / row["axpy_ms"])
+        assert row["leap_total_axpys"] == pytest.approx((row["leap_ms"] + row["step_out_extra_ms"]) / row["axpy_ms"])
+        assert row["reference_axpys"] == pytest.approx(row["reference_ms"] / row["axpy_ms"])
     assert res["leap_overhead"]["mnih2013"]["encoder_params"] == 676_144
     assert res["leap_overhead"]["nature"]["encoder_params"] == 1_684_128  # 3 convs + FC-512
     ctx = res["ingest_context"]

@@ -132,6 +132,81 @@ def test_accumulator_copies_buffers_the_caller_changes_after_observe(metric, los
                                rtol=1e-10, atol=1e-12)
 
 
+def drive_observe_step(acc: PathAccumulator, points, flush_every: int, scales) -> torch.Tensor:
+    """Feed ``points`` to ``observe_step`` the way TaskRunner does: one live θ buffer that the
+    "optimizer" moves after each observe by a step it also writes out; the gradient alternating
+    between two buffers, each clipped in place by ``scales[i]`` after its observe; flushes
+    between observe and the step."""
+    n = acc.num_params
+    theta = torch.from_numpy(points[0][1].copy())
+    step = torch.zeros(n, dtype=torch.float64)
+    grads = (torch.zeros(n, dtype=torch.float64), torch.zeros(n, dtype=torch.float64))
+    total = torch.zeros(n, dtype=torch.float64)
+    for i, (f, _th, g) in enumerate(points):
+        current, previous = grads[i % 2], grads[(i - 1) % 2]
+        current.copy_(torch.from_numpy(g))  # backward writes g_i; g_{i−1} stays in the other buffer
+        if i == 0:
+            acc.observe_step(f, theta, None, None)
+        else:
+            acc.observe_step(f, theta, step, previous, scales[i - 1])
+        if i % flush_every == flush_every - 1:
+            total += acc.flush()
+        current.mul_(scales[i])  # clipping, in place
+        if i + 1 < len(points):  # the optimizer's step, written out, then added to θ
+            step.copy_(torch.from_numpy(points[i + 1][1] - theta.numpy()))
+            theta.add_(step)
+    return total + acc.flush()
+
+
+@pytest.mark.parametrize("metric,loss,stabilizer", COMBOS, ids=COMBO_IDS)
+def test_observe_step_matches_the_naive_reference(metric, loss, stabilizer):
+    """The memory-floor form gives LEAP.md §2's sum: from the optimizer's steps instead of θ
+    differences and from the previous gradient buffer with clipping divided back out."""
+    rng = np.random.default_rng(4321)
+    n, K = 7, 25
+    points = random_points(rng, K, n)
+    scales = rng.uniform(0.05, 1.0, size=K)  # most steps clipped, by different factors
+    for flush_every in (6, 1, 10 ** 6):
+        acc = make_acc(n, metric, loss, stabilizer)
+        total = drive_observe_step(acc, points, flush_every, scales)
+        expected = reference_H(points, metric, loss, stabilizer)
+        np.testing.assert_allclose(-total.numpy(), expected, rtol=1e-10, atol=1e-12)
+        assert np.abs(expected).max() > 1e-3
+
+
+@pytest.mark.parametrize("metric,loss,stabilizer", COMBOS, ids=COMBO_IDS)
+def test_observe_step_stats_match_observe(metric, loss, stabilizer):
+    rng = np.random.default_rng(99)
+    points = random_points(rng, 9, 5)
+    reference = make_acc(5, metric, loss, stabilizer)
+    for p in points:
+        observe(reference, p)
+    seen = []
+
+    class StatsAtFlush(PathAccumulator):
+        def flush(self):
+            seen.append(self.stats())
+            return super().flush()
+
+    drive_observe_step(StatsAtFlush(5, reference.config, dtype=torch.float64), points, 10 ** 6, np.ones(9))
+    want, got = reference.stats(), seen[0]
+    assert got.increments == want.increments == 8
+    for field in ("path_length", "step_norm_sum", "abs_loss_change_sum", "param_part_norm", "loss_part_norm"):
+        assert getattr(got, field) == pytest.approx(getattr(want, field), rel=1e-10, abs=1e-12), field
+
+
+def test_observe_step_refuses_a_missing_step_and_mixed_forms():
+    acc = make_acc(3, "energy", True, True)
+    theta = torch.zeros(3, dtype=torch.float64)
+    acc.observe_step(1.0, theta, None, None)
+    with pytest.raises(ValueError, match="needs the step"):
+        acc.observe_step(2.0, theta, None, None)
+    with pytest.raises(ValueError, match="reset"):
+        acc.observe(2.0, theta, theta)
+    acc.reset()
+    acc.observe(2.0, theta, theta)  # a new task may use the other form
+
+
 def test_flag_combinations_give_different_vectors():
     rng = np.random.default_rng(7)
     points = random_points(rng, 12, 5)
