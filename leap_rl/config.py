@@ -301,6 +301,10 @@ class RunConfig:
         # RLlib's Learner reports one loss per step, the total: it has no value-loss signal.
         _require(self.inner == "a2c" or self.leap.loss_signal != "value", "leap.loss_signal",
                  "'total' or 'smoothed' with inner = 'rllib'", self.leap.loss_signal)
+        # A flavoured game is a Python vector env (leap_rl.flavours) the RLlib env does not build.
+        flavoured = [g for g in self.meta.games if ":" in g]
+        _require(self.inner == "a2c" or not flavoured, "meta.games",
+                 "plain game ids with inner = 'rllib' (flavours need the A2C path)", flavoured)
 
     @property
     def env_steps_per_update(self) -> int:

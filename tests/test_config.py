@@ -8,8 +8,9 @@ import tomllib
 import pytest
 import torch
 
-from leap_rl.config import (PRESETS, A2CConfig, ConfigError, EnvConfig, MetaConfig, RunConfig,
-                            dumps_toml, from_dict, load, merge, parse_override, preset, to_dict)
+from leap_rl.config import (PRESETS, RLLIB_DEFAULTS, A2CConfig, ConfigError, EnvConfig, MetaConfig,
+                            RLlibConfig, RunConfig, dumps_toml, from_dict, load, merge,
+                            parse_override, preset, to_dict)
 from leap_rl.leap import LeapConfig
 
 torch.set_num_threads(1)
@@ -243,3 +244,76 @@ def test_dumps_toml_round_trips_non_default_values():
     back = from_dict(tomllib.loads(text))
     assert back == cfg
     assert to_dict(back) == to_dict(cfg)
+
+
+# ----------------------------------------------------------------------------- inner, [rllib]
+
+def test_inner_defaults_to_this_projects_a2c():
+    for name in PRESETS:
+        assert preset(name).inner == "a2c"
+        assert preset(name).rllib.algorithm == "PPO"
+
+
+def test_rllib_settings_lie_over_the_algorithms_defaults():
+    cfg = load("baselines", None, ('inner="rllib"', "rllib.settings.lr=1e-4"))
+    settings = cfg.rllib.algorithm_settings
+    assert settings["lr"] == 1e-4
+    assert settings["num_epochs"] == RLLIB_DEFAULTS["PPO"]["num_epochs"]
+    assert RLLIB_DEFAULTS["PPO"]["lr"] == 2.5e-4, "the defaults table is not changed"
+
+
+def test_rllib_settings_merge_key_by_key(tmp_path):
+    """--set on one key keeps the preset's other keys; a TOML table adds to them too."""
+    ci = preset("ci").rllib.settings
+    cfg = load("ci", None, ("rllib.settings.num_epochs=7",))
+    assert cfg.rllib.settings == {**ci, "num_epochs": 7}
+    toml = tmp_path / "x.toml"
+    toml.write_text('inner = "rllib"\n[rllib]\nalgorithm = "APPO"\nsettings = { lr = 0.001, model = { a = [1, 2] } }\n')
+    cfg = load("ci", toml)
+    assert cfg.inner == "rllib" and cfg.rllib.algorithm == "APPO"
+    assert cfg.rllib.settings == {**ci, "lr": 0.001, "model": {"a": [1, 2]}}
+
+
+def test_rllib_section_round_trips_through_toml():
+    cfg = load("ci", None, ('inner="rllib"', 'rllib.algorithm="IMPALA"', 'rllib.settings.lr=3e-4',
+                            'rllib.settings.grad_clip_by="value"', "rllib.settings.use_kl_loss=false",
+                            'rllib.settings.odd_list=[1, 2.5, "x"]'))
+    cfg = dataclasses.replace(cfg, rllib=dataclasses.replace(
+        cfg.rllib, settings={**cfg.rllib.settings, "needs quotes": {"a.b": 'q"uote'}}))
+    back = from_dict(tomllib.loads(dumps_toml(cfg)))
+    assert back == cfg
+
+
+@pytest.mark.parametrize("override, names", [
+    ('inner="ppo"', "inner"),
+    ('rllib.algorithm="DQN"', "rllib.algorithm"),
+    ("rllib.settings=3", "rllib.settings"),
+    ('rllib.settings.env="x"', "rllib.settings.env"),
+    ("rllib.settings.num_envs_per_env_runner=8", "rllib.settings.num_envs_per_env_runner"),
+    ("rllib.algorithm=1", "rllib.algorithm"),
+    ("rllib.nonsense=1", "rllib.nonsense"),
+])
+def test_bad_rllib_values_are_one_line_errors(override, names):
+    with pytest.raises(ConfigError) as exc:
+        load("ci", None, ('inner="rllib"', override))
+    assert names in one_line(exc)
+
+
+def test_rllib_settings_hold_only_toml_values():
+    with pytest.raises(ConfigError) as exc:
+        RLlibConfig(settings={"lr": None})
+    assert "rllib.settings.lr" in one_line(exc)
+    with pytest.raises(ConfigError) as exc:
+        RLlibConfig(settings={"x": [1, object()]})
+    assert "rllib.settings.x[1]" in one_line(exc)
+
+
+def test_rllib_inner_refuses_what_it_cannot_do():
+    with pytest.raises(ConfigError) as exc:
+        load("ci", None, ('inner="rllib"', 'leap.loss_signal="value"'))
+    assert "leap.loss_signal" in one_line(exc)
+    with pytest.raises(ConfigError) as exc:
+        load("ci", None, ('inner="rllib"', 'meta.games=["breakout:mode=4"]'))
+    assert "meta.games" in one_line(exc)
+    # the A2C path keeps both
+    assert load("ci", None, ('leap.loss_signal="value"',)).leap.loss_signal == "value"

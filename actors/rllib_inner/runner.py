@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from collections import deque
 from typing import Callable
 
@@ -78,6 +79,8 @@ def algorithm_config(cfg: RunConfig, spec: TaskSpec, phi: torch.Tensor | None,
     check_settings(cfg)
     # RLlib takes a custom env by registered name; registering again replaces the same creator.
     register_env(ENV_NAME, make_env)
+    # RLlib re-registers its gymnasium id for every env it makes; gymnasium warns each time.
+    warnings.filterwarnings("ignore", message=r".*Overriding environment rllib-single-agent-env")
     algorithm = cfg.rllib.algorithm
     num_envs = cfg.env.num_envs
     config = (
