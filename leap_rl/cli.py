@@ -70,17 +70,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, turned into the same clean stop as a Ctrl-C (Ray's processes are ended by the
+    driver's own shutdown instead of dumping their stacks)."""
+
+
+def _raise_terminated(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to go on with an interrupted run: the checkpoint of its last meta-step is on disk."""
+    run_dir = getattr(args, "run_dir", None)
+    if args.command not in ("train", "pretrain") or run_dir is None or not (Path(run_dir) / "config.toml").exists():
+        return ""
+    runtime = " --runtime sequential" if getattr(args, "runtime", None) == "sequential" else ""
+    return f"; go on with: leap-rl {args.command} --resume{runtime} --run-dir {run_dir}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    import signal
+
     args = build_parser().parse_args(argv)
     from leap_rl.config import ConfigError
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return _dispatch(args)
     except ConfigError as exc:
         print(f"leap-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"leap-rl {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
+        print(f"leap-rl {args.command}: {how}{_resume_hint(args)}", file=sys.stderr)
+        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _load_config(args: argparse.Namespace):

@@ -191,6 +191,18 @@ class RuntimeConfig:
     path length like for like; 0 turns the probe off. Their segments never reach φ."""
     probe_every: int = 10
     """Meta-steps between two probe measurements; φ_0 and the final φ are always probed."""
+    max_task_retries: int = 3
+    """Re-runs of a task whose worker died, stalled or raised, before the task is dropped (and
+    logged with its error): its meta-step goes on without it."""
+    call_timeout_s: float = 300.0
+    """Deadline of every remote call to the learner; a learner that misses it is restarted."""
+    stall_timeout_s: float = 900.0
+    """Seconds a running task may go without progress (a segment or a progress row) before its
+    worker is treated as dead and the task re-run; longer than the slowest segment."""
+    learner_restarts: int = 3
+    """Times the learner is restarted from the last checkpoint after it died or missed a
+    deadline, before the run stops."""
+
     def __post_init__(self) -> None:
         _require(self.workers >= 1, "runtime.workers", "an integer ≥ 1", self.workers)
         _require(self.cpus_per_worker >= 0, "runtime.cpus_per_worker", "≥ 0", self.cpus_per_worker)
@@ -207,6 +219,10 @@ class RuntimeConfig:
         _require(0 < self.dormant_tau < 1, "runtime.dormant_tau", "in (0, 1)", self.dormant_tau)
         _require(self.probe_tasks >= 0, "runtime.probe_tasks", "an integer ≥ 0 (0 = off)", self.probe_tasks)
         _require(self.probe_every >= 1, "runtime.probe_every", "an integer ≥ 1", self.probe_every)
+        _require(self.max_task_retries >= 0, "runtime.max_task_retries", "an integer ≥ 0", self.max_task_retries)
+        _require(self.call_timeout_s > 0, "runtime.call_timeout_s", "> 0 seconds", self.call_timeout_s)
+        _require(self.stall_timeout_s > 0, "runtime.stall_timeout_s", "> 0 seconds", self.stall_timeout_s)
+        _require(self.learner_restarts >= 0, "runtime.learner_restarts", "an integer ≥ 0", self.learner_restarts)
 
 
 RLLIB_ALGORITHMS: tuple[str, ...] = ("PPO", "APPO", "IMPALA")

@@ -75,3 +75,17 @@ class TaskResult:
     encoder: torch.Tensor | None = None
     """The trained encoder θ_K (flat, on the CPU), only when asked for (``keep_encoder``): the
     fine-tuning baseline carries it to its next task; meta-training never needs it."""
+
+
+@dataclass(frozen=True)
+class TaskStopped:
+    """A task its worker stopped early because the learner refused its segments (stale, or
+    dropped): nothing it trained after that could reach φ, so it is not trained further."""
+
+    task_id: str
+    game: str
+    init_version: int
+    env_steps: int
+    """Env steps trained before the stop."""
+    segments: int
+    """Segments sent, the refused one included."""

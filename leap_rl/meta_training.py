@@ -1,6 +1,7 @@
 """Meta-training in one process (Algorithm 1 of the paper, synchronous), and the pieces that
 the Ray driver shares with it: the learner with its guards, the probe batch and probe tasks,
-the meta-step and probe rows, the checkpoint state.
+the meta-step and probe rows, and the ``Recorder`` that turns a meta-step into history
+(checkpoint and row) the same way for both runtimes.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
@@ -116,19 +118,99 @@ def meta_step_row(update: MetaUpdate, results: list[TaskResult], diagnostics: di
     }
 
 
-def checkpoint_state(cfg: RunConfig, learner_state: dict, env_steps_total: int, elapsed: float,
-                     next_ticket: int | None = None) -> dict:
+@dataclass
+class Totals:
+    """The run's running totals, kept in every checkpoint."""
+
+    env_steps_total: int = 0
+    """Env steps of every meta-training task that ran to its end."""
+    elapsed: float = 0.0
+    env_steps_trained: int = 0
+    """Every env step trained for meta-training: also those of tasks that were stopped (their
+    segments refused), failed or lost with their worker. Probe tasks are not counted."""
+    env_steps_used: int = 0
+    """Env steps of the tasks whose contributions entered an update of φ."""
+    next_ticket: int | None = None
+    """Async mode: the next ticket (game and seed) to hand out, so a resume starts fresh games
+    and seeds instead of repeating those of the lost tasks."""
+
+    @classmethod
+    def of(cls, state: dict) -> "Totals":
+        """From a checkpoint (those of older runs lack the trained and used counts)."""
+        return cls(int(state["env_steps_total"]), float(state["elapsed"]),
+                   int(state.get("env_steps_trained", state["env_steps_total"])),
+                   int(state.get("env_steps_used", 0)), state.get("next_ticket"))
+
+
+def checkpoint_state(cfg: RunConfig, learner_state: dict, totals: Totals, row: dict | None = None) -> dict:
+    """What a checkpoint holds; ``row``: the meta_step row of the step it records."""
     state = {
         "learner": learner_state,
         "version": learner_state["version"],
-        "env_steps_total": env_steps_total,
-        "elapsed": elapsed,
+        "env_steps_total": totals.env_steps_total,
+        "elapsed": totals.elapsed,
+        "env_steps_trained": totals.env_steps_trained,
+        "env_steps_used": totals.env_steps_used,
         "torch_rng": torch.get_rng_state(),
         "config": dumps_toml(cfg),
     }
-    if next_ticket is not None:  # async mode's place in its sequence of games and seeds
-        state["next_ticket"] = next_ticket
+    if row is not None:
+        state["meta_step_row"] = row
+    if totals.next_ticket is not None:  # async mode's place in its sequence of games and seeds
+        state["next_ticket"] = totals.next_ticket
     return state
+
+
+class Recorder:
+    """Turns a meta-step into history, the same way for the Ray and the sequential runtime.
+
+    The checkpoint is the commit point: it is written first and carries the step's meta_step
+    row, and the row is appended to metrics.jsonl after it. A crash between the two leaves a
+    checkpoint whose row is missing from the file, and ``resume`` appends it; a crash before
+    the checkpoint leaves neither, and the resumed run re-does the step. So every version has
+    exactly one meta_step row (a fallback to the previous checkpoint re-makes rows, which the
+    ``start`` row of the resumed session supersedes: ``RunDir.rows``)."""
+
+    def __init__(self, cfg: RunConfig, run: RunDir, probe: torch.Tensor) -> None:
+        self.cfg, self.run, self.probe = cfg, run, probe
+        self.totals = Totals()
+
+    def resume(self) -> dict | None:
+        """The checkpoint to go on from (None when the run has none), checked against the
+        run's config; restores the totals and the RNG, and appends the meta_step row that a
+        crash kept out of metrics.jsonl."""
+        state = self.run.load_checkpoint(expect=self.cfg)
+        if state is None:
+            return None
+        self.totals = Totals.of(state)
+        torch.set_rng_state(state["torch_rng"])
+        row = state.get("meta_step_row")
+        if row is not None:
+            logged = [r.get("version", 0) for r in self.run.rows("meta_step")]
+            if max(logged, default=0) < row["version"]:
+                self.run.log(row)
+        return state
+
+    def start(self, resume: bool, version: int, **details) -> None:
+        """The ``start`` row of a session; its version is where this session's history goes on."""
+        self.run.log({"event": "start", "resume": resume, "version": version, **details})
+
+    def commit(self, update: MetaUpdate, results: list[TaskResult], learner_state: dict,
+               seconds: float, lost_env_steps: int = 0) -> dict:
+        """Record meta-step ``update.version``: ``results`` are the tasks that ran to their end
+        (whether or not they entered the update), ``lost_env_steps`` the env steps trained in
+        this meta-step by tasks that did not (stopped, failed, lost with a worker)."""
+        t = self.totals
+        t.env_steps_total += sum(r.env_steps for r in results)
+        t.env_steps_trained += sum(r.env_steps for r in results) + lost_env_steps
+        t.env_steps_used += sum(r.env_steps for r in results if r.task_id in update.tasks)
+        t.elapsed += seconds
+        row = meta_step_row(update, results, phi_diagnostics(self.cfg, learner_state["phi"], self.probe),
+                            t.env_steps_total, seconds, t.elapsed)
+        row["env_steps_trained"], row["env_steps_used"] = t.env_steps_trained, t.env_steps_used
+        self.run.save_checkpoint(checkpoint_state(self.cfg, learner_state, t, row))
+        self.run.log(row)
+        return row
 
 
 def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
@@ -137,12 +219,11 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
     games = meta_training_games(cfg)
     probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
     learner = build_meta_learner(cfg, probe)
-    env_steps_total, elapsed = 0, 0.0
-    state = run.load_checkpoint() if resume else None
+    recorder = Recorder(cfg, run, probe)
+    state = recorder.resume() if resume else None
     if state is not None:
         learner.load_state_dict(state["learner"])
-        env_steps_total, elapsed = state["env_steps_total"], state["elapsed"]
-        torch.set_rng_state(state["torch_rng"])
+    recorder.start(resume, learner.version, mode="sequential", games=list(games))
     runner = TaskRunner(cfg)
     logged_rejections = 0
 
@@ -169,13 +250,7 @@ def run_sequential(cfg: RunConfig, run: RunDir, resume: bool = False,
                 echo(f"rejected a segment of {rejection.task_id} ({rejection.game}): {rejection.reason}")
                 logged_rejections += 1
         update = learner.step([r.task_id for r in results if not learner.is_dropped(r.task_id)])
-        seconds = time.perf_counter() - start
-        env_steps_total += sum(r.env_steps for r in results)
-        elapsed += seconds
-        row = meta_step_row(update, results, phi_diagnostics(cfg, learner.phi.detach(), probe),
-                            env_steps_total, seconds, elapsed)
-        run.log(row)
-        run.save_checkpoint(checkpoint_state(cfg, learner.state_dict(), env_steps_total, elapsed))
+        row = recorder.commit(update, results, learner.state_dict(), time.perf_counter() - start)
         echo(format_meta_step(row, cfg.meta.meta_steps))
     if state is None or state["version"] < cfg.meta.meta_steps:  # a finished run was probed
         run_probes(*learner.current())  # the final φ
@@ -193,7 +268,12 @@ def format_meta_step(row: dict, total: int) -> str:
     return (f"meta-step {row['version']}/{total}: {row['tasks']} tasks, path length "
             f"{row['path_length']:.3f}, |G| {row['meta_grad_norm']:.3g}, dormant units "
             f"{100 * row['dormant_fraction']:.1f}% (dead {100 * row['dead_unit_fraction']:.0f}%), "
-            f"{row['fps']:.0f} env steps/s" + (f", scores: {returns}" if returns else ""))
+            f"{row['fps']:.0f} env steps/s" + _used_share(row) + (f", scores: {returns}" if returns else ""))
+
+
+def _used_share(row: dict) -> str:
+    trained = row.get("env_steps_trained", 0)
+    return f", {100 * row['env_steps_used'] / trained:.0f}% of trained env steps used" if trained else ""
 
 
 def format_probe(row: dict) -> str:

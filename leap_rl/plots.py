@@ -30,9 +30,11 @@ def plot_run(run_dir: Path, out: Path | None = None, title: str | None = None) -
     run = RunDir(run_dir, tensorboard=False)
     if not (Path(run_dir) / METRICS).exists():
         raise ConfigError(f"{str(run_dir)!r} holds no {METRICS}")
-    progress = [r for r in run.rows("progress") if r.get("episode_return_mean") is not None]
-    meta = run.rows("meta_step")
-    probes = {r["version"]: r for r in run.rows("probe")}  # a re-run meta-step's probe replaces its first
+    rows = run.rows()  # read once: a torn last line is reported once
+    progress = [r for r in rows if r.get("event") == "progress" and r.get("episode_return_mean") is not None]
+    meta = [r for r in rows if r.get("event") == "meta_step"]
+    # a re-run meta-step's probe replaces its first
+    probes = {r["version"]: r for r in rows if r.get("event") == "probe"}
     plt = _pyplot()
     panels = 1 + (3 if meta else 0)
     fig, axes = plt.subplots(1, panels, figsize=(5.5 * panels, 4), squeeze=False)

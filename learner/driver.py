@@ -7,39 +7,88 @@ Modes (``meta.mode``):
   the same φ.
 - async: no barrier. A free worker starts a new task from the newest φ; the learner steps as
   soon as ``tasks_per_step`` tasks have finished, using those within ``max_staleness``
-  versions and dropping older ones (the extra approximation of asynchronous Leap).
+  versions and dropping older ones (the extra approximation of asynchronous Leap). A worker
+  whose task was refused as stale stops it at its next segment.
 
-A worker that dies mid-task is replaced; its task is dropped at the learner (partial sums are
-never used) and run again from the start under a new task id, with the same game, seed and
-init version, so the sync guarantee holds.
+Faults (README, "Faults"):
+- a task whose worker died, raised, or made no progress for ``runtime.stall_timeout_s`` is
+  dropped at the learner (partial sums are never used) and run again from the start under a
+  new task id, with the same game, seed and init version, so the sync guarantee holds; after
+  ``runtime.max_task_retries`` re-runs it is dropped and logged with its error;
+- every call to the learner has a deadline (``runtime.call_timeout_s``); a learner that died
+  or missed one is replaced by a new one loaded from the last checkpoint, the workers are
+  replaced too, and the interrupted meta-step is re-run: in sync mode with the same tasks, so
+  φ is the one an undisturbed run makes;
+- resources the cluster cannot give are refused before the run starts.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import ray
 import torch
-from ray.exceptions import ActorDiedError, RayActorError
+from ray.exceptions import GetTimeoutError, ObjectLostError, RayActorError, RayError, RayTaskError
 
 from actors.task_worker import TaskWorker
-from leap_rl.config import RunConfig
-from leap_rl.messages import TaskResult, TaskSpec
-from leap_rl.meta_training import (checkpoint_state, format_meta_step, format_probe, meta_step_row,
-                                   phi_diagnostics, probe_batch, probe_row)
+from leap_rl.config import ConfigError, RunConfig
+from leap_rl.messages import TaskResult, TaskSpec, TaskStopped
+from leap_rl.meta_training import Recorder, format_meta_step, format_probe, phi_diagnostics, probe_batch, probe_row
 from leap_rl.run_dir import RunDir
 from leap_rl.schedule import (derived_seed, meta_training_games, plan_probes, plan_tasks, probe_due,
                               retry_id, sample_games)
 from learner.learner_actor import LearnerActor
 
 POLL_SECONDS = 1.0
-MAX_RETRIES = 3
+"""How long the driver blocks waiting for a task to end before it looks at progress, stalls
+and the learner again."""
+
+
+class LearnerLost(Exception):
+    """The learner actor died or missed a deadline: its sums since the last checkpoint are gone."""
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[-1] if isinstance(exc, RayTaskError) and text else
+            text.splitlines()[0] if text else type(exc).__name__)[:300]
+
+
+class _Learner:
+    """The LearnerActor behind a deadline: every call waits at most ``runtime.call_timeout_s``;
+    a learner that died or did not answer in time raises ``LearnerLost``."""
+
+    def __init__(self, cfg: RunConfig, probe: torch.Tensor) -> None:
+        self.cfg, self.probe = cfg, probe
+        self.handle = self._new()
+
+    def _new(self) -> ray.actor.ActorHandle:
+        return LearnerActor.options(num_cpus=self.cfg.runtime.learner_cpus,
+                                    num_gpus=self.cfg.runtime.learner_gpus).remote(self.cfg, self.probe)
+
+    def call(self, method: str, *args):
+        ref = getattr(self.handle, method).remote(*args)
+        return self.get(ref, method)
+
+    def get(self, ref: ray.ObjectRef, what: str):
+        try:
+            return ray.get(ref, timeout=self.cfg.runtime.call_timeout_s)
+        except GetTimeoutError:
+            raise LearnerLost(f"{what} got no answer within runtime.call_timeout_s="
+                              f"{self.cfg.runtime.call_timeout_s:g} s") from None
+        except (RayActorError, ObjectLostError) as exc:  # φ in the object store dies with its owner
+            raise LearnerLost(f"{what}: {_first_line(exc)}") from None
+
+    def replace(self) -> None:
+        ray.kill(self.handle)  # one that missed a deadline may still be alive
+        self.handle = self._new()
 
 
 @dataclass
@@ -47,62 +96,139 @@ class _Running:
     spec: TaskSpec
     worker: int
     attempt: int
+    beats: int = -1
+    """The worker's beat count at its last answer (``TaskWorker.take_progress``)."""
+    last_beat: float = field(default_factory=time.monotonic)
+    env_steps: int = 0
+    """Env steps the task last reported."""
+
+
+@dataclass
+class _Outcome:
+    """What one ``_Workers.wait`` saw end."""
+
+    done: list[tuple[_Running, TaskResult]] = field(default_factory=list)
+    stopped: list[tuple[_Running, TaskStopped]] = field(default_factory=list)
+    failed: list[tuple[_Running, str]] = field(default_factory=list)
+    """Tasks whose worker died, raised or stalled, with the error."""
 
 
 class _Workers:
-    """A fixed number of worker slots; a dead worker is replaced in its slot."""
+    """A fixed number of worker slots; a dead, failed or stalled worker is replaced in its slot."""
 
-    def __init__(self, cfg: RunConfig, learner: ray.actor.ActorHandle, run: RunDir) -> None:
+    def __init__(self, cfg: RunConfig, learner: _Learner, run: RunDir) -> None:
         self.cfg, self.learner, self.run = cfg, learner, run
         self.options = dict(num_cpus=cfg.runtime.cpus_per_worker, num_gpus=cfg.runtime.gpus_per_worker)
         self.actors = [self._new() for _ in range(cfg.runtime.workers)]
         self.free = list(range(len(self.actors)))
         self.running: dict[ray.ObjectRef, _Running] = {}
+        self.polls: dict[int, ray.ObjectRef] = {}
+        """slot → its unanswered ``take_progress`` call: a stuck worker never blocks the driver."""
 
     def _new(self) -> ray.actor.ActorHandle:
-        return TaskWorker.options(**self.options).remote(self.cfg, self.learner)
+        return TaskWorker.options(**self.options).remote(self.cfg, self.learner.handle)
+
+    def _replace(self, slot: int) -> None:
+        ray.kill(self.actors[slot])
+        self.actors[slot] = self._new()
+        self.polls.pop(slot, None)
 
     def submit(self, spec: TaskSpec, phi_ref: list, attempt: int = 0) -> None:
         slot = self.free.pop(0)
         ref = self.actors[slot].run.remote(spec, phi_ref)
         self.running[ref] = _Running(spec, slot, attempt)
 
-    def wait(self) -> tuple[list[tuple[_Running, TaskResult]], list[_Running]]:
-        """Block briefly; return (finished tasks with results, tasks whose worker died)."""
-        self.drain_progress()
+    def wait(self) -> _Outcome:
+        """Block briefly; return what ended. Raises ``LearnerLost`` when the learner is gone,
+        which every task streams to: found within a poll, not at the end of the meta-step."""
+        self.learner.call("version")
+        self._poll_progress()
+        outcome = _Outcome()
+        self._reap_stalled(outcome)
         if not self.running:
-            return [], []
+            return outcome
         ready, _ = ray.wait(list(self.running), num_returns=1, timeout=POLL_SECONDS)
-        done, failed = [], []
         for ref in ready:
             job = self.running.pop(ref)
             try:
-                done.append((job, ray.get(ref)))
-            except (RayActorError, ActorDiedError) as exc:
-                failed.append(job)
-                self.run.log({"event": "worker_failed", "task_id": job.spec.task_id,
-                              "game": job.spec.game, "attempt": job.attempt,
-                              "error": str(exc).splitlines()[0][:300]})
-                self.actors[job.worker] = self._new()
+                value = ray.get(ref)
+            except RayTaskError as exc:  # the task raised; a fresh worker, in case it broke this one
+                error = _first_line(exc)
+                self._fail(outcome, job, "task_error", error)
+            except RayActorError as exc:
+                self._fail(outcome, job, "worker_failed", _first_line(exc))
+            else:
+                self._flush_progress(job)
+                if isinstance(value, TaskStopped):
+                    outcome.stopped.append((job, value))
+                else:
+                    outcome.done.append((job, value))
             self.free.append(job.worker)
-        return done, failed
+        return outcome
 
-    def drain_progress(self) -> None:
-        for slot, actor in enumerate(self.actors):
-            if slot in self.free:
-                continue
+    def _fail(self, outcome: _Outcome, job: _Running, event: str, error: str) -> None:
+        self.run.log({"event": event, "task_id": job.spec.task_id, "game": job.spec.game,
+                      "attempt": job.attempt, "error": error})
+        self._replace(job.worker)
+        outcome.failed.append((job, error))
+
+    def _reap_stalled(self, outcome: _Outcome) -> None:
+        """A task without a beat for ``runtime.stall_timeout_s`` is treated as a dead worker:
+        alive but stuck, it would hold a sync barrier for ever."""
+        limit = self.cfg.runtime.stall_timeout_s
+        now = time.monotonic()
+        for ref, job in list(self.running.items()):
+            if now - job.last_beat > limit:
+                del self.running[ref]
+                self._fail(outcome, job, "worker_stalled",
+                           f"no progress for {now - job.last_beat:.0f} s (runtime.stall_timeout_s={limit:g})")
+                self.free.append(job.worker)
+
+    def _poll_progress(self) -> None:
+        jobs = {job.worker: job for job in self.running.values()}
+        for slot in jobs:
+            if slot not in self.polls:
+                self.polls[slot] = self.actors[slot].take_progress.remote()
+        if not self.polls:
+            return
+        answered, _ = ray.wait(list(self.polls.values()), num_returns=len(self.polls), timeout=0)
+        slots = {ref: slot for slot, ref in self.polls.items()}
+        now = time.monotonic()
+        for ref in answered:
+            slot = slots[ref]
+            del self.polls[slot]
             try:
-                rows = ray.get(actor.take_progress.remote(), timeout=30)
-            except (RayActorError, ActorDiedError, ray.exceptions.GetTimeoutError):
-                continue  # a dead worker is noticed by wait()
-            for row in rows:
-                self.run.log({"event": "progress", **row})
+                rows, beats = ray.get(ref)
+            except RayError:
+                continue  # a dead worker: its task's reference says so
+            job = jobs.get(slot)
+            self._log_progress(rows, job)
+            if job is not None and beats != job.beats:
+                job.beats, job.last_beat = beats, now
+
+    def _flush_progress(self, job: _Running) -> None:
+        """The progress rows a finished task made since the last poll (its last row, mostly)."""
+        refs = [self.polls.pop(job.worker)] if job.worker in self.polls else []
+        refs.append(self.actors[job.worker].take_progress.remote())
+        for ref in refs:
+            try:
+                rows, _ = ray.get(ref, timeout=self.cfg.runtime.call_timeout_s)
+            except RayError:
+                return
+            self._log_progress(rows, job)
+
+    def _log_progress(self, rows: list[dict], job: _Running | None) -> None:
+        for row in rows:
+            self.run.log({"event": "progress", **row})
+            if job is not None and row.get("task_id") == job.spec.task_id:
+                job.env_steps = max(job.env_steps, row.get("env_steps", 0))
 
     def stop(self) -> None:
         """End the workers, also those still running a task (Ray cannot force-cancel actor calls)."""
         for actor in self.actors:
             ray.kill(actor)
         self.running.clear()
+        self.polls.clear()
 
     def restart(self) -> None:
         """Fresh workers in every slot, all free (abandons whatever was running)."""
@@ -116,40 +242,60 @@ class _Probes:
     beside the meta-training tasks; one ``probe`` row per version once all of its are back."""
 
     def __init__(self, cfg: RunConfig, games: tuple[str, ...], run: RunDir, echo: "_Echo",
-                 frames: torch.Tensor) -> None:
+                 frames: torch.Tensor, learner: _Learner, logged: set[int] | None = None) -> None:
         self.cfg, self.games, self.run, self.echo, self.frames = cfg, games, run, echo, frames
+        self.learner = learner
         self.pending: list[tuple[TaskSpec, list, int]] = []
         """(spec, φ reference, attempt) not yet handed to a worker."""
         self.results: dict[int, list[TaskResult]] = {}
+        self.expected: dict[int, int] = {}
+        """Probe tasks of each version still expected: fewer once one is dropped."""
         self.diagnostics: dict[int, dict] = {}
         self.refs: dict[int, list] = {}
         """The φ reference of every probed version: a retry starts from the same φ."""
+        self.logged: set[int] = set() if logged is None else logged
+        """Versions whose probe row is written (kept across a learner restart: never twice)."""
 
     def schedule(self, version: int, phi_ref: list) -> None:
-        if probe_due(self.cfg, version) and version not in self.results:
+        if probe_due(self.cfg, version) and version not in self.results and version not in self.logged:
+            phi = self.learner.get(phi_ref[0], "φ of the probe")
             self.results[version] = []
+            self.expected[version] = self.cfg.runtime.probe_tasks
             self.refs[version] = phi_ref
-            self.diagnostics[version] = phi_diagnostics(self.cfg, ray.get(phi_ref[0]), self.frames)
+            self.diagnostics[version] = phi_diagnostics(self.cfg, phi, self.frames)
             self.pending += [(spec, phi_ref, 0) for spec in plan_probes(self.cfg, self.games, version)]
 
-    def retry(self, job: _Running) -> None:
-        if job.attempt + 1 > MAX_RETRIES:
-            raise RuntimeError(f"probe task {job.spec.task_id} failed {MAX_RETRIES + 1} times")
-        spec = dataclasses.replace(job.spec, task_id=retry_id(job.spec.task_id, job.attempt + 1))
-        self.pending.append((spec, self.refs[spec.init_version], job.attempt + 1))
+    def retry(self, job: _Running, error: str, session: "_Session") -> None:
+        again = session.retry(job, error)
+        if again is None:
+            self.expected[job.spec.init_version] -= 1
+            self._maybe_finish(job.spec.init_version)
+            return
+        spec, attempt = again
+        self.pending.append((spec, self.refs[spec.init_version], attempt))
 
     def finish(self, result: TaskResult) -> None:
-        done = self.results[result.init_version]
-        done.append(result)
-        if len(done) == self.cfg.runtime.probe_tasks:
-            row = probe_row(result.init_version, sorted(done, key=lambda r: r.task_id),
-                            self.diagnostics[result.init_version])
-            self.run.log(row)
-            self.echo.line(format_probe(row))
+        self.results[result.init_version].append(result)
+        self._maybe_finish(result.init_version)
+
+    def _maybe_finish(self, version: int) -> None:
+        done = self.results[version]
+        if len(done) == self.expected[version] and version not in self.logged:
+            self.logged.add(version)
+            if done:  # every probe task of this version dropped: no row
+                row = probe_row(version, sorted(done, key=lambda r: r.task_id), self.diagnostics[version])
+                self.run.log(row)
+                self.echo.line(format_probe(row))
 
     @property
     def outstanding(self) -> bool:
-        return bool(self.pending) or any(len(r) < self.cfg.runtime.probe_tasks for r in self.results.values())
+        return bool(self.pending) or any(len(r) < self.expected[v] for v, r in self.results.items())
+
+    def forget_unfinished(self) -> None:
+        """Drop the versions whose probes are not all back (async: their tasks are ended)."""
+        for version in [v for v, r in self.results.items() if len(r) < self.expected[v]]:
+            del self.results[version]
+            self.pending = [p for p in self.pending if p[0].init_version != version]
 
 
 def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
@@ -163,6 +309,7 @@ def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
         return False
     needed = cfg.runtime.workers * cfg.runtime.cpus_per_worker + cfg.runtime.learner_cpus
     _keep_auth_token_private()
+    _hide_token_notice()
     restore = _single_machine_ray()
     try:
         ray.init(
@@ -177,6 +324,23 @@ def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
     finally:
         restore()
     return True
+
+
+class _TokenNotice(logging.Filter):
+    """Drops Ray's notice that it turned token authentication on, and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
+
+
+def _hide_token_notice() -> None:
+    """Ray 2.60 warns at every local start that it turned token authentication on: on a local
+    run that is noise (README says so once). Setting RAY_AUTH_MODE=token would silence it too,
+    but after Ray is imported that skips the refresh of Ray's cached settings that turns the
+    token on; filtering the one message changes nothing else."""
+    log = logging.getLogger("ray._private.authentication.authentication_token_setup")
+    if not any(isinstance(f, _TokenNotice) for f in log.filters):
+        log.addFilter(_TokenNotice())
 
 
 _SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
@@ -280,24 +444,50 @@ class _Echo:
             self.bar.close()
 
 
+def _check_resources(cfg: RunConfig, local: bool) -> None:
+    """Refuse, before the run starts, resources the Ray cluster cannot give: Ray would wait for
+    them for ever (its autoscaler repeating "No available node types can fulfill resource
+    request"). An actor's own demand must fit one of the cluster's live nodes; the demand of
+    all of them must fit the cluster when it is the local Ray this run started (a joined
+    cluster may be growing: there it is a warning)."""
+    r = cfg.runtime
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    for name, kind, amount in (("runtime.cpus_per_worker", "CPU", r.cpus_per_worker),
+                               ("runtime.gpus_per_worker", "GPU", r.gpus_per_worker),
+                               ("runtime.learner_cpus", "CPU", r.learner_cpus),
+                               ("runtime.learner_gpus", "GPU", r.learner_gpus)):
+        largest = max((n.get(kind, 0.0) for n in nodes), default=0.0)
+        if amount > largest:
+            raise ConfigError(f"{name}={amount:g} cannot be had: no node of the Ray cluster has "
+                              f"{amount:g} {kind} (the largest has {largest:g}); allowed here: ≤ {largest:g}")
+    total = ray.cluster_resources()
+    for kind, per_worker, learner in (("CPU", r.cpus_per_worker, r.learner_cpus),
+                                      ("GPU", r.gpus_per_worker, r.learner_gpus)):
+        need, have = r.workers * per_worker + learner, total.get(kind, 0.0)
+        if need > have:
+            what = (f"runtime.workers × runtime.{kind.lower()}s_per_worker + runtime.learner_{kind.lower()}s "
+                    f"= {r.workers} × {per_worker:g} + {learner:g} = {need:g} {kind}, but the Ray cluster has {have:g}")
+            if local:
+                raise ConfigError(f"{what}; lower them to fit")
+            print(f"warning: {what} now: the workers beyond it wait until the cluster grows",
+                  file=sys.stderr, flush=True)
+
+
 @dataclass
 class _Session:
-    """Everything one `leap-rl train` on Ray works with, and the counters its checkpoints keep."""
+    """Everything one `leap-rl train` on Ray works with."""
 
     cfg: RunConfig
     games: tuple[str, ...]
-    learner: ray.actor.ActorHandle
+    learner: _Learner
     workers: _Workers
     run: RunDir
     probe: torch.Tensor
     echo: _Echo
     probes: _Probes
-    env_steps_total: int = 0
-    elapsed: float = 0.0
+    recorder: Recorder
     rejections_logged: int = 0
-    next_ticket: int | None = None
-    """Async mode: the next ticket (game and seed) to hand out. Kept in the checkpoint so a
-    resume starts fresh games and seeds instead of repeating those of the lost tasks."""
+    restarts: int = 0
 
     def log_task(self, version: int, result: TaskResult) -> None:
         self.run.log({"event": "task_done", "version": version, "init_version": result.init_version,
@@ -305,54 +495,90 @@ class _Session:
                       "final_return_mean": result.final_return_mean,
                       "path_length": result.path_length, "seconds": result.seconds})
 
-    def is_dropped(self, task_id: str) -> bool:
-        return ray.get(self.learner.is_dropped.remote(task_id))
+    def log_stopped(self, version: int, stopped: TaskStopped) -> None:
+        self.run.log({"event": "task_stopped", "version": version, **dataclasses.asdict(stopped)})
 
-    def finish_meta_step(self, task_ids: list[str], results: list[TaskResult], seconds: float) -> None:
-        """Step φ with the given tasks, then log, checkpoint and print the meta-step."""
-        update = ray.get(self.learner.step.remote(task_ids))
-        self.env_steps_total += sum(r.env_steps for r in results)
-        self.elapsed += seconds
-        state = ray.get(self.learner.state_dict.remote())
-        row = meta_step_row(update, results, phi_diagnostics(self.cfg, state["phi"], self.probe),
-                            self.env_steps_total, seconds, self.elapsed)
-        self.run.log(row)
-        self.run.save_checkpoint(checkpoint_state(self.cfg, state, self.env_steps_total, self.elapsed,
-                                                  next_ticket=self.next_ticket))
-        for rejection in ray.get(self.learner.rejections.remote(self.rejections_logged)):
+    def is_dropped(self, task_id: str) -> bool:
+        return self.learner.call("is_dropped", task_id)
+
+    def retry(self, job: _Running, error: str) -> tuple[TaskSpec, int] | None:
+        """The re-run of a failed task, under a new id, or None once it has had its
+        ``runtime.max_task_retries`` re-runs: then it is dropped and logged with its error."""
+        if job.attempt >= self.cfg.runtime.max_task_retries:
+            self.run.log({"event": "task_dropped", "task_id": job.spec.task_id, "game": job.spec.game,
+                          "init_version": job.spec.init_version, "attempts": job.attempt + 1, "error": error})
+            print(f"dropped task {job.spec.task_id} ({job.spec.game}) after {job.attempt + 1} attempts: {error}",
+                  file=sys.stderr, flush=True)
+            return None
+        spec = dataclasses.replace(job.spec, task_id=retry_id(job.spec.task_id, job.attempt + 1))
+        return spec, job.attempt + 1
+
+    def finish_meta_step(self, task_ids: list[str], results: list[TaskResult], seconds: float,
+                         lost_env_steps: int) -> None:
+        """Step φ with the given tasks, then record (checkpoint, then row) and print it."""
+        update = self.learner.call("step", task_ids)
+        state = self.learner.call("state_dict")
+        row = self.recorder.commit(update, results, state, seconds, lost_env_steps)
+        for rejection in self.learner.call("rejections", self.rejections_logged):
             self.run.log({"event": "rejected_segment", **rejection.__dict__})
             print(f"rejected a segment of {rejection.task_id} ({rejection.game}): {rejection.reason}",
                   file=sys.stderr, flush=True)
             self.rejections_logged += 1
         self.echo(format_meta_step(row, self.cfg.meta.meta_steps))
 
+    def recover(self, lost: LearnerLost) -> None:
+        """A new learner from the last checkpoint, new workers streaming to it, and the probes
+        of φ not yet written started again; the loop then re-runs the interrupted meta-step."""
+        self.restarts += 1
+        if self.restarts > self.cfg.runtime.learner_restarts:
+            raise RuntimeError(f"the learner was lost {self.restarts} times (runtime.learner_restarts="
+                               f"{self.cfg.runtime.learner_restarts}), last: {lost}")
+        self.workers.stop()
+        self.learner.replace()
+        state = self.run.load_checkpoint()
+        if state is not None:
+            self.learner.call("load_state_dict", state["learner"])
+            torch.set_rng_state(state["torch_rng"])
+        version = self.learner.call("version")
+        self.run.log({"event": "learner_restarted", "restart": self.restarts, "version": version,
+                      "reason": str(lost)})
+        print(f"warning: the learner was lost ({lost}); restarted from the checkpoint of version {version}, "
+              "re-running the meta-step it was in", file=sys.stderr, flush=True)
+        self.workers.restart()
+        self.probes = _Probes(self.cfg, self.games, self.run, self.echo, self.probe, self.learner,
+                              logged=self.probes.logged)
+        self.rejections_logged = 0
+
 
 def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: str | None = None,
                   dashboard: bool = False) -> int:
     resume = run is not None
-    if run is None:
-        run = RunDir.create(run_dir, cfg)
     games = meta_training_games(cfg)
-    state = run.load_checkpoint() if resume else None
+    recorder = Recorder(cfg, run, probe=None) if resume else None
+    state = recorder.resume() if recorder is not None else None  # a damaged or edited run stops here
     started = _init_ray(cfg, address, dashboard)
     try:
+        _check_resources(cfg, local=started)
+        if run is None:
+            run = RunDir.create(run_dir, cfg)  # only once the run can start
+            recorder = Recorder(cfg, run, probe=None)
         probe = probe_batch(cfg, games, cfg.runtime.dead_unit_probe)
-        learner = LearnerActor.options(num_cpus=cfg.runtime.learner_cpus,
-                                       num_gpus=cfg.runtime.learner_gpus).remote(cfg, probe)
+        recorder.probe = probe
+        learner = _Learner(cfg, probe)
         if state is not None:
-            ray.get(learner.load_state_dict.remote(state["learner"]))
-            torch.set_rng_state(state["torch_rng"])
-        version = ray.get(learner.version.remote())
-        run.log({"event": "start", "mode": cfg.meta.mode, "resume": resume, "version": version,
-                 "workers": cfg.runtime.workers, "games": list(games)})
+            learner.call("load_state_dict", state["learner"])
+        version = learner.call("version")
+        recorder.start(resume, version, mode=cfg.meta.mode, workers=cfg.runtime.workers, games=list(games))
         echo = _Echo(cfg.meta.meta_steps, version)
         session = _Session(cfg, games, learner, _Workers(cfg, learner, run), run, probe, echo,
-                           _Probes(cfg, games, run, echo, probe))
-        if state is not None:
-            session.env_steps_total, session.elapsed = state["env_steps_total"], state["elapsed"]
-            session.next_ticket = state.get("next_ticket")
+                           _Probes(cfg, games, run, echo, probe, learner), recorder)
         try:
-            (_sync_loop if cfg.meta.mode == "sync" else _async_loop)(session)
+            while True:
+                try:
+                    (_sync_loop if cfg.meta.mode == "sync" else _async_loop)(session)
+                    break
+                except LearnerLost as lost:
+                    session.recover(lost)
         finally:
             session.echo.close()
             session.workers.stop()
@@ -370,53 +596,65 @@ def _run_probes_alone(s: _Session) -> None:
         while s.probes.pending and s.workers.free:
             spec, phi_ref, attempt = s.probes.pending.pop(0)
             s.workers.submit(spec, phi_ref, attempt)
-        done, failed = s.workers.wait()
-        for _job, result in done:
+        out = s.workers.wait()
+        for _job, result in out.done:
             s.probes.finish(result)
-        for job in failed:
-            s.probes.retry(job)
+        for job, error in out.failed:
+            s.probes.retry(job, error, s)
 
 
 def _sync_loop(s: _Session) -> None:
     cfg, workers = s.cfg, s.workers
     while True:
-        version, phi_ref = ray.get(s.learner.current.remote())
+        version, phi_ref = s.learner.call("current")
         s.probes.schedule(version, phi_ref)
         if version >= cfg.meta.meta_steps:
             _run_probes_alone(s)  # the final φ
             return
         start = time.perf_counter()
         # the probes of φ_v run beside meta-step v's tasks: both start from φ_v
-        queue = [(spec, 0) for spec, _ref, _attempt in s.probes.pending]
+        queue = [(spec, attempt) for spec, _ref, attempt in s.probes.pending]
         s.probes.pending.clear()
         queue += [(spec, 0) for spec in plan_tasks(cfg, s.games, version)]
         results: dict[str, TaskResult] = {}
+        lost_env_steps = 0
         while queue or workers.running:
             while queue and workers.free:
                 spec, attempt = queue.pop(0)
                 workers.submit(spec, phi_ref, attempt)
-            done, failed = workers.wait()
-            for job, result in done:
+            out = workers.wait()
+            for job, result in out.done:
                 if job.spec.probe:
                     s.probes.finish(result)
                     continue
                 results[job.spec.task_id] = result
                 s.log_task(version, result)
-            for job in failed:
-                ray.get(s.learner.discard_task.remote(job.spec.task_id))
-                if job.attempt + 1 > MAX_RETRIES:
-                    raise RuntimeError(f"task {job.spec.task_id} ({job.spec.game}) failed {MAX_RETRIES + 1} times")
-                retry = dataclasses.replace(job.spec, task_id=retry_id(job.spec.task_id, job.attempt + 1))
-                queue.append((retry, job.attempt + 1))
+            for job, stopped in out.stopped:  # refused at the learner (a non-finite segment)
+                s.log_stopped(version, stopped)
+                lost_env_steps += stopped.env_steps
+            for job, error in out.failed:
+                if job.spec.probe:
+                    before = len(s.probes.pending)
+                    s.probes.retry(job, error, s)
+                    queue += [(spec, attempt) for spec, _ref, attempt in s.probes.pending[before:]]
+                    del s.probes.pending[before:]
+                    continue
+                s.learner.call("discard_task", job.spec.task_id)
+                lost_env_steps += job.env_steps
+                again = s.retry(job, error)
+                if again is not None:
+                    queue.append(again)
         kept = [t for t in sorted(results) if not s.is_dropped(t)]
-        s.finish_meta_step(kept, list(results.values()), time.perf_counter() - start)
+        s.finish_meta_step(kept, list(results.values()), time.perf_counter() - start, lost_env_steps)
 
 
 def _async_loop(s: _Session) -> None:
-    cfg, workers = s.cfg, s.workers
-    version, phi_ref = ray.get(s.learner.current.remote())
-    ticket = s.next_ticket if s.next_ticket is not None else version * cfg.meta.tasks_per_step
+    cfg, workers, totals = s.cfg, s.workers, s.recorder.totals
+    version, phi_ref = s.learner.call("current")
+    if totals.next_ticket is None:
+        totals.next_ticket = version * cfg.meta.tasks_per_step
     waiting: dict[str, TaskResult] = {}
+    lost_env_steps = 0
     start = time.perf_counter()
     s.probes.schedule(version, phi_ref)
     while version < cfg.meta.meta_steps:
@@ -424,37 +662,43 @@ def _async_loop(s: _Session) -> None:
             spec, probe_ref, attempt = s.probes.pending.pop(0)
             workers.submit(spec, probe_ref, attempt)
         while workers.free:
+            ticket = totals.next_ticket
             game = sample_games(s.games, 1, cfg.seed, ticket)[0]
             spec = TaskSpec(f"a{ticket:06d}", game, version, derived_seed(cfg.seed, ticket, 1),
                             cfg.meta.env_steps_per_task)
             workers.submit(spec, phi_ref)
-            ticket += 1
-            s.next_ticket = ticket
-        done, failed = workers.wait()
-        for job in failed:
+            totals.next_ticket = ticket + 1
+        out = workers.wait()
+        for job, error in out.failed:
             if job.spec.probe:
-                s.probes.retry(job)
+                s.probes.retry(job, error, s)
                 continue
-            ray.get(s.learner.discard_task.remote(job.spec.task_id))  # replaced by a fresh ticket
-        for job, result in done:
+            # replaced by a fresh ticket: a re-run would start from an older φ than the newest
+            s.learner.call("discard_task", job.spec.task_id)
+            lost_env_steps += job.env_steps
+        for job, stopped in out.stopped:  # refused as stale: it stopped at its next segment
+            s.log_stopped(version, stopped)
+            lost_env_steps += stopped.env_steps
+        for job, result in out.done:
             if job.spec.probe:
                 s.probes.finish(result)
                 continue
             s.log_task(version, result)
-            if not s.is_dropped(result.task_id):
+            if s.is_dropped(result.task_id):
+                lost_env_steps += result.env_steps
+            else:
                 waiting[result.task_id] = result
         if len(waiting) >= cfg.meta.tasks_per_step:
             ids = sorted(waiting)
-            s.finish_meta_step(ids, [waiting[t] for t in ids], time.perf_counter() - start)
+            s.finish_meta_step(ids, [waiting[t] for t in ids], time.perf_counter() - start, lost_env_steps)
             waiting.clear()
+            lost_env_steps = 0
             start = time.perf_counter()
-            version, phi_ref = ray.get(s.learner.current.remote())
+            version, phi_ref = s.learner.call("current")
             s.probes.schedule(version, phi_ref)
     # Tasks still running started from older versions and can no longer count: end them and
     # probe the final φ (and any probe still out) on fresh workers.
     workers.restart()
-    for version_pending in [v for v, r in s.probes.results.items() if len(r) < cfg.runtime.probe_tasks]:
-        del s.probes.results[version_pending]
-        s.probes.pending = [p for p in s.probes.pending if p[0].init_version != version_pending]
+    s.probes.forget_unfinished()
     s.probes.schedule(version, phi_ref)
     _run_probes_alone(s)

@@ -15,7 +15,7 @@ from leap_rl.config import ConfigError, load, preset
 from leap_rl.messages import TaskSpec
 from leap_rl.models import initial_encoder
 from leap_rl.plots import plot_run
-from leap_rl.run_dir import CHECKPOINT, CONFIG, METRICS, RunDir, load_encoder_file
+from leap_rl.run_dir import CHECKPOINT, CONFIG, METRICS, PREVIOUS_CHECKPOINT, RunDir, load_encoder_file
 from leap_rl.task import TaskRunner
 
 torch.set_num_threads(1)
@@ -82,7 +82,9 @@ def test_checkpoints_are_replaced_whole_and_leave_no_temporary_files(tmp_path):
         run.save_checkpoint({"version": 3, "unpicklable": lambda: None})  # fails while writing
     state = run.load_checkpoint()
     assert state["version"] == 2  # the failed save left the last good checkpoint as it was
-    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [CHECKPOINT, CONFIG]
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == sorted([CHECKPOINT, PREVIOUS_CHECKPOINT, CONFIG])
+    previous = torch.load(tmp_path / "run" / PREVIOUS_CHECKPOINT, weights_only=True)
+    assert previous["version"] == 1  # the one the latest replaced
 
 
 def test_load_encoder_file_reads_runs_checkpoints_and_bare_tensors(tmp_path):
