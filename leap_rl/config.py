@@ -242,9 +242,11 @@ RLLIB_DEFAULTS: dict[str, dict[str, Any]] = {
             "vf_loss_coeff": 0.5, "entropy_coeff": 0.01, "grad_clip": 0.5,
             "grad_clip_by": "global_norm", "use_kl_loss": False, "num_epochs": 4,
             "train_batch_size_per_learner": 1024, "minibatch_size": 256},
-    # RLlib's own defaults, but the gradient clip of the A2C path and baselines.
-    "APPO": {"grad_clip": 0.5, "grad_clip_by": "global_norm"},
-    "IMPALA": {"grad_clip": 0.5, "grad_clip_by": "global_norm"},
+    # RLlib's own defaults, but the gradient clip of the A2C path and baselines, and one
+    # training step per iteration: RLlib's 10 s minimum per iteration sampled 2,880 env steps of
+    # a 400-step task.
+    "APPO": {"grad_clip": 0.5, "grad_clip_by": "global_norm", "min_time_s_per_iteration": 0},
+    "IMPALA": {"grad_clip": 0.5, "grad_clip_by": "global_norm", "min_time_s_per_iteration": 0},
 }
 """What each algorithm starts from before ``rllib.settings`` is laid over it."""
 
@@ -370,9 +372,10 @@ def _ci() -> RunConfig:
         meta=MetaConfig(games=("pong", "qbert"), tasks_per_step=2, meta_steps=2,
                         env_steps_per_task=400, segment_every=5),
         runtime=RuntimeConfig(workers=2, log_every=10, dead_unit_probe=16, probe_tasks=1, probe_every=1),
-        # inner = "rllib": batches small enough for several PPO iterations in 400 env steps
+        # inner = "rllib": batches small enough for several iterations in 400 env steps (IMPALA
+        # and APPO want the minibatch a multiple of the rollout fragment)
         rllib=RLlibConfig(settings={"train_batch_size_per_learner": 64, "minibatch_size": 32,
-                                    "num_epochs": 2}),
+                                    "num_epochs": 2, "rollout_fragment_length": 16}),
     )
 
 

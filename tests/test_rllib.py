@@ -17,7 +17,7 @@ import ray
 import torch
 
 from actors.rllib_inner.env import GameScores, env_config, make_env
-from actors.rllib_inner.learner import LeapPPOTorchLearner
+from actors.rllib_inner.learner import LEARNERS, LeapPPOTorchLearner
 from actors.rllib_inner.module import encoder_parameters
 from actors.rllib_inner.runner import RLlibTaskRunner, check_settings
 from leap_rl.config import ConfigError, load
@@ -91,6 +91,29 @@ def test_streamed_vector_equals_a_path_accumulator_fed_the_recorded_points(recor
     assert [s.index for s in segments] == list(range(len(segments)))
 
 
+@pytest.mark.parametrize("algorithm", ["APPO", "IMPALA"])
+def test_appo_and_impala_stream_what_their_learner_saw(local_ray, algorithm):
+    class Recording(LEARNERS[algorithm]):
+        points: list[tuple[float, torch.Tensor, torch.Tensor]] = []
+
+        def _leap_observe(self, loss, theta, grad) -> None:
+            Recording.points.append((loss, theta.clone(), grad.clone()))
+            super()._leap_observe(loss, theta, grad)
+
+    cfg = rllib_config(f'rllib.algorithm="{algorithm}"')
+    phi = initial_encoder(cfg.model, seed=3)
+    segments = []
+    result = RLlibTaskRunner(cfg, learner_class=Recording).run(
+        TaskSpec("t0", GAME, 0, seed=5, env_steps=200), phi, segments.append)
+    points = Recording.points
+    assert len(points) == result.updates >= 3 and torch.equal(points[0][1], phi)
+    reference = PathAccumulator(phi.numel(), cfg.leap)
+    for loss, theta, grad in points:
+        reference.observe(loss, theta, grad)
+    streamed = torch.stack([s.vector for s in segments]).sum(0)
+    torch.testing.assert_close(streamed, reference.flush(), rtol=1e-5, atol=1e-6)
+
+
 def test_every_minibatch_step_is_one_point_of_the_path(recorded):
     points, learner = recorded["points"], recorded["learner"]
     optimizer = learner.get_optimizer()
@@ -137,6 +160,7 @@ def test_the_rllib_module_is_leap_rls_network_with_phi_and_the_seeds_heads(recor
 def test_progress_rows_have_the_a2c_paths_fields(recorded):
     rows = recorded["rows"]
     assert rows and rows[-1]["env_steps"] == recorded["result"].env_steps >= 300
+    assert rows[-1]["inner"] == "rllib:PPO"
     for key in ("task_id", "game", "env_steps", "updates", "episodes", "episode_return_mean", "fps",
                 "loss", "policy_loss", "value_loss", "entropy"):
         assert key in rows[-1]
@@ -233,5 +257,7 @@ def test_ci_ppo_meta_training_on_local_ray_moves_phi(tmp_path, run_cli):
     steps = [r for r in rows if r.get("event") == "meta_step"]
     assert len(steps) == cfg.meta.meta_steps
     assert all(r["path_length"] > 0 and r["meta_grad_norm"] > 0 for r in steps)
+    progress = [r for r in rows if r.get("event") == "progress"]
+    assert progress and all(r.get("inner") == "rllib:PPO" for r in progress), "RLlib trained the tasks"
     done = [r for r in rows if r.get("event") == "task_done"]
     assert {r["game"] for r in done} <= set(cfg.meta.games) and done

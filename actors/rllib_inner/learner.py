@@ -103,8 +103,15 @@ class LeapLearnerMixin:
             self._leap_acc.observe(self._leap_signal(None, loss), theta, grad)
             self._leap_points += 1
 
-    def leap_flush(self) -> LeapFlush:
-        """Hand over M_seg and its statistics, and zero them (the last point is kept)."""
+    def leap_flush(self, final: bool = False) -> LeapFlush:
+        """Hand over M_seg and its statistics, and zero them (the last point is kept).
+
+        ``final``: the task is over. IMPALA and APPO update in a background thread that may
+        still hold batches; it is shut down first (RLlib's ``Learner.shutdown``, idempotent, which
+        ``Algorithm.stop`` calls again), so that no point comes after the last segment.
+        """
+        if final:
+            self.shutdown()
         with self._leap_lock:
             acc = self._leap_acc
             stats = acc.stats()
@@ -116,9 +123,10 @@ class LeapLearnerMixin:
                 task_param_part_norm=float(torch.linalg.vector_norm(self._leap_task_param_part)),
                 task_loss_part_norm=float(torch.linalg.vector_norm(self._leap_task_loss_part)))
 
-    def leap_points(self) -> int:
+    def leap_progress(self) -> tuple[int, bool]:
+        """(gradient steps observed so far, whether a step was non-finite)."""
         with self._leap_lock:
-            return self._leap_points
+            return self._leap_points, self._leap_diverged
 
     def leap_encoder(self) -> torch.Tensor:
         """The encoder θ now, flat, on the CPU (the layout of φ)."""

@@ -145,7 +145,7 @@ class RLlibTaskRunner:
 
         def emit(final: bool, diverged: bool) -> None:
             nonlocal segment_index, path_length, flushed
-            flushed = learner_call(lambda learner: learner.leap_flush())
+            flushed = learner_call(lambda learner: learner.leap_flush(final))
             path_length += flushed.stats.path_length
             segment = Segment(spec.task_id, spec.game, spec.init_version, segment_index,
                               flushed.vector, flushed.stats, final, steps, diverged=diverged)
@@ -153,6 +153,7 @@ class RLlibTaskRunner:
             if on_segment is not None:
                 on_segment(segment)
 
+        inner = f"rllib:{cfg.rllib.algorithm}"  # tells these rows from the A2C path's
         diverged = False
         try:
             while steps < spec.env_steps:
@@ -162,7 +163,7 @@ class RLlibTaskRunner:
                         _take_scores, local_env_runner=not remote_runners):
                     returns_all.extend(scores)
                     recent.extend(scores)
-                points, diverged = learner_call(lambda l: (l.leap_points(), l._leap_diverged))
+                points, diverged = learner_call(lambda learner: learner.leap_progress())
                 last = steps >= spec.env_steps or diverged
                 if points - points_at_segment >= cfg.meta.segment_every or last:
                     emit(last, diverged)
@@ -172,25 +173,27 @@ class RLlibTaskRunner:
                     now = time.perf_counter()
                     losses = result.get(LEARNER_RESULTS, {}).get(DEFAULT_MODULE_ID, {})
                     on_progress({
-                        "task_id": spec.task_id, "game": spec.game, "env_steps": steps,
-                        "updates": points, "episodes": len(returns_all),
+                        "task_id": spec.task_id, "game": spec.game, "inner": inner,
+                        "env_steps": steps, "updates": points, "episodes": len(returns_all),
                         "episode_return_mean": float(np.mean(recent)) if recent else float("nan"),
                         "fps": (steps - last_log_steps) / max(now - last_log_time, 1e-9),
                         "loss": float(losses.get("total_loss", math.nan)),
-                        "policy_loss": float(losses.get("policy_loss", math.nan)),
+                        # IMPALA names its policy loss pi_loss
+                        "policy_loss": float(losses.get("policy_loss", losses.get("pi_loss", math.nan))),
                         "value_loss": float(losses.get("vf_loss", math.nan)),
                         "entropy": float(losses.get("entropy", math.nan)),
                     })
                     last_log_time, last_log_steps, points_at_log = now, steps, points
                 if diverged:
                     break
-            encoder = learner_call(lambda l: l.leap_encoder()) if keep_encoder else None
+            encoder = learner_call(lambda learner: learner.leap_encoder()) if keep_encoder else None
         finally:
             algo.stop()
 
         return TaskResult(
             task_id=spec.task_id, game=spec.game, init_version=spec.init_version,
-            env_steps=steps, updates=points, segments=segment_index, diverged=diverged,
+            env_steps=steps, updates=flushed.points if flushed else 0, segments=segment_index,
+            diverged=diverged,
             seconds=time.perf_counter() - start, episode_returns=tuple(returns_all),
             path_length=path_length,
             param_part_norm=flushed.task_param_part_norm if flushed else 0.0,
