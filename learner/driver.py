@@ -573,12 +573,16 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
         session = _Session(cfg, games, learner, _Workers(cfg, learner, run), run, probe, echo,
                            _Probes(cfg, games, run, echo, probe, learner), recorder)
         try:
+            lost: LearnerLost | None = None
             while True:
                 try:
+                    if lost is not None:  # inside the try: a learner lost again while it restarts counts too
+                        session.recover(lost)
+                        lost = None
                     (_sync_loop if cfg.meta.mode == "sync" else _async_loop)(session)
                     break
-                except LearnerLost as lost:
-                    session.recover(lost)
+                except LearnerLost as exc:
+                    lost = exc
         finally:
             session.echo.close()
             session.workers.stop()
