@@ -8,10 +8,14 @@ What is measured (docs/BENCH.md explains each number and shows a table from a 2-
   of ``num_envs × unroll`` frames), each as the env steps per second it alone would allow;
 - the single-worker A2C loop (``TaskRunner.run``) as a fraction of the limit those imply. One
   worker does the three things one after the other on one core, so per env step the times add
-  up: limit = 1 / (1/env + 1/act + 1/update) env steps/s;
-- Leap's cost per update (``PathAccumulator.observe``; for comparison also the gradient copy
-  ``model.encoder_grad_into`` that the loop no longer makes) against the update it rides on,
-  for the paper's network (mnih2013) and the Nature network;
+  up: limit = 1 / (1/env + 1/act + 1/update) env steps/s; and the same loop with the env
+  stepping overlapped with acting (``env.overlap``: two half envs in a pipeline), which can
+  beat that limit when a second core runs the env's C++ thread;
+- Leap's cost per update (``PathAccumulator.observe_step``, as the loop calls it) against the
+  update it rides on and in axpys (one ``a.add_(b, alpha=c)`` of an encoder-sized vector, timed
+  in the same run), plus what writing Δθ out costs the optimizer, and the reference
+  ``observe`` on the same points for comparison; for the paper's network (mnih2013) and the
+  Nature network;
 - total env steps/s with 1..``--workers-max`` Ray workers on a local Ray, and the scaling
   efficiency rate_w / (w · rate_1);
 - the learner's ingest rate (segments/s) for an encoder's segment, in process and through the

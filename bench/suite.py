@@ -75,8 +75,10 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
     # --- limits and the loop, interleaved ``repeat`` times so that load changes hit all alike
     echo("frames for the stored batch ...")
     frames = sample_frames(cfg, game, T)
-    envs, acts, ups, leaps, loops = [], [], [], [], []
+    envs, acts, ups, leaps, loops, overlapped = [], [], [], [], [], []
     loop_steps = 0
+    serial_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, overlap=False))
+    overlap_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, overlap=True))
     for r in range(opts.repeat):
         echo(f"[{r + 1}/{opts.repeat}] env stepping alone ...")
         envs.append(bench_env(cfg, game, secs))
@@ -89,7 +91,10 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
         limit = serial_limit(envs[-1].rate(N), acts[-1].rate(N), u.update.rate(N * T))
         loop_steps = loop_steps or int(limit * secs)
         echo(f"[{r + 1}/{opts.repeat}] single-worker loop, {loop_steps} env steps ...")
-        loops.append(bench_loop(cfg, game, loop_steps))
+        loops.append(bench_loop(serial_cfg, game, loop_steps))
+        if N >= 2:
+            echo(f"[{r + 1}/{opts.repeat}] single-worker loop, env stepping overlapped (env.overlap) ...")
+            overlapped.append(bench_loop(overlap_cfg, game, loop_steps))
 
     env_w, env_c = median_timing(envs, N)
     act_w, act_c = median_timing(acts, N)
@@ -112,6 +117,11 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
                        lp.whole.rate(lp.whole_env_steps) for lp in loops),
                    "whole_call_env_steps_per_cpu_s": statistics.median(
                        lp.whole.rate(lp.whole_env_steps, "cpu") for lp in loops)}
+    if overlapped:
+        ov_w = statistics.median(lp.timing.rate(lp.env_steps, "wall") for lp in overlapped)
+        ov_c = statistics.median(lp.timing.rate(lp.env_steps, "cpu") for lp in overlapped)
+        out["loop_overlap"] = {"env_steps_per_s": ov_w, "env_steps_per_cpu_s": ov_c,
+                               "fraction_of_limit": ov_w / lim_w, "over_serial_loop": ov_w / loop_w}
     echo("task setup (env creation, seeded reset) ...")
     out["task_setup"] = bench_env_setup(cfg, game)
 

@@ -29,6 +29,10 @@ def format_table(res: dict) -> str:
     lp = res["loop"]
     row("single-worker loop (TaskRunner.run)", lp["env_steps_per_s"], lp["env_steps_per_cpu_s"],
         f"{100 * lp['fraction_of_limit']:.1f} % of limit ({100 * lp['fraction_of_limit_cpu']:.1f} % by CPU)")
+    if "loop_overlap" in res:
+        ov = res["loop_overlap"]
+        row("  the same, env stepping overlapped (env.overlap)", ov["env_steps_per_s"], ov["env_steps_per_cpu_s"],
+            f"{100 * ov['fraction_of_limit']:.1f} % of limit, {ov['over_serial_loop']:.2f}x the loop")
     row(f"  the whole call ({lp['whole_call_env_steps']} steps, env and model creation included)",
         lp["whole_call_env_steps_per_s"], lp["whole_call_env_steps_per_cpu_s"])
     su = res["task_setup"]

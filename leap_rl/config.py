@@ -46,6 +46,14 @@ class EnvConfig:
     max_episode_frames: int = 108_000
     env_threads: int = 1
     """C++ stepping threads per vector env; keep env + torch threads ≤ the worker's cores."""
+    overlap: bool = False
+    """Step the envs in two halves, each its own vector env, so that one half's emulation (on
+    its C++ thread) runs while the network acts for the other half. Faster when a worker has
+    a second core to give that thread (``leap-rl task``, ``--runtime sequential``, evaluate
+    with ``--jobs 1``); no help where every core already runs a worker. Env i is seeded as
+    without, and the actions are drawn in the same order (half A, then half B, every step), so
+    a seed trains the same agent: bit for bit in tests/test_a2c.py (CPU, torch 2.13), as long
+    as the network rounds a half batch as it rounds the whole one."""
 
     def __post_init__(self) -> None:
         _require(self.num_envs >= 1, "env.num_envs", "an integer ≥ 1", self.num_envs)
@@ -55,6 +63,8 @@ class EnvConfig:
         _require(0.0 <= p <= 1.0, "env.repeat_action_probability", "in [0, 1]", p)
         _require(self.max_episode_frames >= 1, "env.max_episode_frames", "≥ 1", self.max_episode_frames)
         _require(self.env_threads >= 1, "env.env_threads", "an integer ≥ 1", self.env_threads)
+        _require(not self.overlap or self.num_envs >= 2, "env.num_envs", "≥ 2 with env.overlap (two halves)",
+                 self.num_envs)
 
 
 @dataclass(frozen=True)

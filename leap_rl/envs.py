@@ -126,16 +126,18 @@ class EpisodeTracker:
         self._frame = np.zeros(num_envs, dtype=np.int64)
 
     def update(self, raw_reward: np.ndarray, terminated: np.ndarray, truncated: np.ndarray,
-               episode_frame: np.ndarray) -> list[tuple[float, int]]:
-        """Add one step; return (score, length) of the games that ended on it."""
-        self._returns += raw_reward
-        self._lengths += 1
+               episode_frame: np.ndarray, part: slice = slice(None)) -> list[tuple[float, int]]:
+        """Add one step of the envs in ``part`` (all by default); return (score, length) of the
+        games that ended on it."""
+        returns, lengths = self._returns[part], self._lengths[part]  # views: updated in place
+        returns += raw_reward
+        lengths += 1
         # A new game restarts the frame counter; a life loss does not.
-        game_over = truncated | (terminated & (episode_frame < self._frame))
-        self._frame = episode_frame.astype(np.int64)
+        game_over = truncated | (terminated & (episode_frame < self._frame[part]))
+        self._frame[part] = episode_frame
         done = []
         for i in np.flatnonzero(game_over):
-            done.append((float(self._returns[i]), int(self._lengths[i])))
-            self._returns[i] = 0.0
-            self._lengths[i] = 0
+            done.append((float(returns[i]), int(lengths[i])))
+            returns[i] = 0.0
+            lengths[i] = 0
         return done

@@ -6,6 +6,7 @@ loop and ``leap-rl task`` call directly.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections import deque
@@ -108,53 +109,135 @@ class _Rollouts:
     def __init__(self, spec: TaskSpec, cfg: RunConfig, model: ActorCritic, device: torch.device) -> None:
         T, N = cfg.a2c.unroll, cfg.env.num_envs
         self.a2c, self.model, self.device = cfg.a2c, model, device
-        self.env = make_vec_env(spec.game, cfg.env)
         self.sampler = torch.Generator(device=device).manual_seed(spec.seed)
         self.tracker = EpisodeTracker(N)
         self.scores: list[float] = []
         """Raw scores of every finished game, in order."""
         self.recent: deque[float] = deque(maxlen=RECENT_GAMES)
-        shape = self.env.single_observation_space.shape
+        self.envs = self._make_envs(spec, cfg)
+        shape = self.envs[0].single_observation_space.shape
         self.obs_buf = torch.zeros((T, N, *shape), dtype=torch.uint8, device=device)
         self.act_buf = torch.zeros((T, N), dtype=torch.long, device=device)
         self.rew_buf = torch.zeros((T, N), device=device)
         self.done_buf = torch.zeros((T, N), device=device)
-        self.obs = torch.from_numpy(self.env.reset(seed=spec.seed)[0]).to(device)
+        self.obs = torch.zeros((N, *shape), dtype=torch.uint8, device=device)
+        for env, part in zip(self.envs, self.parts):
+            # env i of the task is seeded spec.seed + i however the envs are split
+            self.obs[part] = torch.from_numpy(env.reset(seed=spec.seed + part.start)[0]).to(device)
+
+    def _make_envs(self, spec: TaskSpec, cfg: RunConfig) -> list:
+        self.parts = [slice(0, cfg.env.num_envs)]
+        return [make_vec_env(spec.game, cfg.env)]
+
+    def _act(self, part: slice) -> np.ndarray | None:
+        """Actions for the envs of ``part`` from the current policy; None if its logits are not finite."""
+        with torch.no_grad():
+            logits, _ = self.model(self.obs[part])
+        if not bool(torch.isfinite(logits).all()):
+            return None
+        with torch.no_grad():
+            actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.sampler).squeeze(1)
+        return actions.cpu().numpy()
+
+    def _record(self, t: int, part: slice, actions: np.ndarray, result: tuple) -> None:
+        """Step ``t`` of the envs of ``part``: into the rollout, and the frames move on."""
+        a2c, device, model = self.a2c, self.device, self.model
+        next_obs, raw_reward, terminated, truncated, info = result
+        self.obs_buf[t, part] = self.obs[part]
+        self.act_buf[t, part] = torch.from_numpy(actions).to(device)
+        ended = self.tracker.update(raw_reward, terminated, truncated, info["episode_frame_number"], part)
+        for score, _length in ended:
+            self.scores.append(score)
+            self.recent.append(score)
+        reward = clip_rewards(torch.as_tensor(raw_reward, dtype=torch.float32), a2c).to(device)
+        cut = time_limit_cut(terminated, truncated)
+        if cut.any():  # a time limit is not a terminal state: bootstrap through it
+            final = torch.from_numpy(info["final_obs"][cut]).to(device)
+            with torch.no_grad():
+                reward = fold_in_time_limit_bootstrap(
+                    reward, torch.from_numpy(cut).to(device), model(final)[1], a2c.gamma)
+        self.rew_buf[t, part] = reward
+        self.done_buf[t, part] = torch.from_numpy(terminated | truncated).to(device, torch.float32)
+        self.obs[part] = torch.from_numpy(next_obs).to(device)
+
+    def _rollout(self) -> Rollout:
+        return Rollout(self.obs_buf, self.act_buf, self.rew_buf, self.done_buf, last_obs=self.obs.clone())
 
     def collect(self) -> Rollout | None:
         """``unroll`` steps of every env; None when the policy's logits stop being finite."""
-        model, device, a2c = self.model, self.device, self.a2c
-        for t in range(a2c.unroll):
-            with torch.no_grad():
-                logits, _ = model(self.obs)
-            if not bool(torch.isfinite(logits).all()):
+        env, part = self.envs[0], self.parts[0]
+        for t in range(self.a2c.unroll):
+            actions = self._act(part)
+            if actions is None:
                 return None
-            with torch.no_grad():
-                actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.sampler).squeeze(1)
-            self.obs_buf[t] = self.obs
-            self.act_buf[t] = actions
-            next_obs, raw_reward, terminated, truncated, info = self.env.step(actions.cpu().numpy())
-            for score, _length in self.tracker.update(raw_reward, terminated, truncated,
-                                                      info["episode_frame_number"]):
-                self.scores.append(score)
-                self.recent.append(score)
-            reward = clip_rewards(torch.as_tensor(raw_reward, dtype=torch.float32), a2c).to(device)
-            cut = time_limit_cut(terminated, truncated)
-            if cut.any():  # a time limit is not a terminal state: bootstrap through it
-                final = torch.from_numpy(info["final_obs"][cut]).to(device)
-                with torch.no_grad():
-                    reward = fold_in_time_limit_bootstrap(
-                        reward, torch.from_numpy(cut).to(device), model(final)[1], a2c.gamma)
-            self.rew_buf[t] = reward
-            self.done_buf[t] = torch.from_numpy(terminated | truncated).to(device, torch.float32)
-            self.obs = torch.from_numpy(next_obs).to(device)
-        return Rollout(self.obs_buf, self.act_buf, self.rew_buf, self.done_buf, last_obs=self.obs)
+            self._record(t, part, actions, env.step(actions))
+        return self._rollout()
 
     def recent_mean(self) -> float:
         return float(np.mean(self.recent)) if self.recent else float("nan")
 
     def close(self) -> None:
-        self.env.close()
+        for env in self.envs:
+            env.close()
+
+
+class _OverlappedRollouts(_Rollouts):
+    """``env.overlap``: the envs in two halves, A and B, each its own vector env with its own
+    C++ thread, pipelined so that one half steps while the network acts for the other:
+
+        act A(0), send A | act B(t), send B | recv A(t) | act A(t+1), send A | recv B(t) | …
+
+    The rollout is the same shape and the same on-policy data: every action of it comes from
+    the policy before the update, and both halves are received before it ends."""
+
+    def _make_envs(self, spec: TaskSpec, cfg: RunConfig) -> list:
+        n = cfg.env.num_envs
+        half = n - n // 2
+        self.parts = [slice(0, half), slice(half, n)]
+        return [make_vec_env(spec.game, dataclasses.replace(cfg.env, num_envs=p.stop - p.start))
+                for p in self.parts]
+
+    def collect(self) -> Rollout | None:
+        (env_a, env_b), (a, b) = self.envs, self.parts
+        sent: list = []  # envs with a step in flight: received before returning, whatever happens
+        try:
+            actions_a = self._act(a)
+            if actions_a is None:
+                return None
+            _send(env_a, actions_a, sent)
+            for t in range(self.a2c.unroll):
+                actions_b = self._act(b)
+                if actions_b is None:
+                    return None
+                _send(env_b, actions_b, sent)
+                self._record(t, a, actions_a, _recv(env_a, sent))
+                if t + 1 < self.a2c.unroll:
+                    actions_a = self._act(a)
+                    if actions_a is None:
+                        return None
+                    _send(env_a, actions_a, sent)
+                self._record(t, b, actions_b, _recv(env_b, sent))
+            return self._rollout()
+        finally:
+            for env in list(sent):
+                _recv(env, sent)
+
+
+def _send(env, actions: np.ndarray, sent: list) -> None:
+    """Start a step: the C++ vector env's own async ``send``; a Python env (a flavoured game)
+    has none and steps when received."""
+    if hasattr(env, "send"):
+        env.send(actions)
+    else:
+        env.pending_actions = actions
+    sent.append(env)
+
+
+def _recv(env, sent: list) -> tuple:
+    sent.remove(env)
+    if hasattr(env, "recv"):
+        return env.recv()
+    return env.step(env.pending_actions)
 
 
 class _Segments:
@@ -224,7 +307,7 @@ class TaskRunner:
         acc.reset()
         inputs.start_task()
         segments = _Segments(spec, acc, self._task_param_part, self._task_loss_part, on_segment, per_update)
-        rollouts = _Rollouts(spec, cfg, model, device)
+        rollouts = (_OverlappedRollouts if cfg.env.overlap else _Rollouts)(spec, cfg, model, device)
 
         num_updates = math.ceil(spec.env_steps / per_update)
         diverged = False

@@ -9,7 +9,7 @@ import torch
 from leap_rl import task
 from leap_rl.a2c import (a2c_loss, clip_rewards, fold_in_time_limit_bootstrap, n_step_returns,
                          time_limit_cut)
-from leap_rl.config import A2CConfig, ModelConfig, preset
+from leap_rl.config import A2CConfig, ConfigError, ModelConfig, load, preset
 from leap_rl.envs import EpisodeTracker, make_vec_env
 from leap_rl.leap import PathAccumulator
 from leap_rl.messages import TaskSpec
@@ -242,6 +242,33 @@ def test_loop_segments_match_the_naive_leap_reference_on_the_loops_own_buffers(m
     length = sum(np.sqrt(dft ** 2 + float(np.dot(dth.astype(np.float64), dth))) for _h, dth, _df, dft, _w in incs)
     assert result.path_length == pytest.approx(length, rel=1e-4)
     assert sum(s.stats.path_length for s in segments) == pytest.approx(length, rel=1e-4)
+
+
+@pytest.mark.parametrize("game", ["breakout", "breakout:mode=4"])
+def test_overlapped_env_stepping_trains_the_same_agent(game):
+    """env.overlap steps two half vector envs in a pipeline (the C++ env's send/recv; a
+    flavoured game's Python env steps at recv): the same frames, actions, scores, Leap
+    segments and encoder as the one-env loop, for a seed."""
+    runs = {}
+    for overlap in (False, True):
+        cfg = small_config()
+        cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, num_envs=5, overlap=overlap))
+        segments = []
+        runs[overlap] = (TaskRunner(cfg).run(TaskSpec("t", game, 0, seed=3, env_steps=1500),
+                                             initial_encoder(cfg.model, 0), segments.append,
+                                             keep_encoder=True), segments)
+    (plain, plain_segments), (overlapped, overlapped_segments) = runs[False], runs[True]
+    assert len(plain.episode_returns) >= 3  # games ended, in both halves' envs
+    assert overlapped.episode_returns == plain.episode_returns
+    assert torch.equal(overlapped.encoder, plain.encoder)
+    assert len(overlapped_segments) == len(plain_segments)
+    for a, b in zip(overlapped_segments, plain_segments):
+        assert torch.equal(a.vector, b.vector)
+
+
+def test_overlap_needs_two_envs():
+    with pytest.raises(ConfigError, match="env.num_envs must be ≥ 2 with env.overlap"):
+        load("ci", overrides=("env.num_envs=1", "env.overlap=true"))
 
 
 def test_task_segments_sum_to_an_unsegmented_run_of_the_same_seed():

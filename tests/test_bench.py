@@ -59,6 +59,10 @@ def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
     assert loop["fraction_of_limit_cpu"] == pytest.approx(loop["env_steps_per_cpu_s"] / lim["env_steps_per_cpu_s"]["limit"])
     # The loop ran whole updates (at least 4) and was timed from the first progress row (after
     # update 1) to the last, so one update's steps are outside the timed window.
+    ov = res["loop_overlap"]  # the ci preset's 4 envs split in two halves
+    assert positive(ov["env_steps_per_s"])
+    assert ov["fraction_of_limit"] == pytest.approx(ov["env_steps_per_s"] / wall["limit"])
+    assert ov["over_serial_loop"] == pytest.approx(ov["env_steps_per_s"] / loop["env_steps_per_s"])
     whole = loop["whole_call_env_steps"]
     assert whole % (N * T) == 0 and whole >= 4 * N * T
     assert loop["env_steps_timed"] == whole - N * T
