@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from leap_rl.config import ConfigError, RunConfig
+from leap_rl.config import ConfigError, RunConfig, require_a2c_inner
 from leap_rl.envs import POOL_MAX_ACTIONS, meta_training_pool
 from leap_rl.flavours import normalize_spec
 from leap_rl.messages import TaskSpec
@@ -35,6 +35,7 @@ def run_task(cfg: RunConfig, game: str, env_steps: int, init: Path | None, run_d
 
     from leap_rl.task import TaskRunner
 
+    require_a2c_inner(cfg, "leap-rl task")
     if env_steps <= 0:
         raise ConfigError(f"--env-steps must be a positive integer, got {env_steps}")
     game = normalize_spec(game)  # a plain id, or a flavour: 'space_invaders:mode=3'
@@ -68,6 +69,7 @@ def run_task(cfg: RunConfig, game: str, env_steps: int, init: Path | None, run_d
 def run_train_sequential(cfg: RunConfig, run_dir: Path, run: RunDir | None) -> int:
     from leap_rl.meta_training import run_sequential
 
+    require_a2c_inner(cfg, "leap-rl train --runtime sequential")
     resume = run is not None
     if run is None:
         run = RunDir.create(run_dir, cfg)

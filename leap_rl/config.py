@@ -339,6 +339,15 @@ class RunConfig:
         return self.env.num_envs * self.a2c.unroll
 
 
+def require_a2c_inner(cfg: RunConfig, command: str) -> None:
+    """The commands that build this project's TaskRunner themselves (``task``, ``pretrain``,
+    ``evaluate``, ``train --runtime sequential``) train A2C: refuse ``inner = "rllib"`` there
+    rather than quietly train something else than asked."""
+    if cfg.inner != "a2c":
+        raise ConfigError(f"inner = {cfg.inner!r} runs only under `leap-rl train` on the Ray runtime; "
+                          f"{command} trains this project's A2C (inner = 'a2c')")
+
+
 # --------------------------------------------------------------------------------- presets
 
 def _baselines() -> RunConfig:

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from leap_rl.config import ConfigError, RunConfig, dumps_toml
+from leap_rl.config import ConfigError, RunConfig, dumps_toml, require_a2c_inner
 from leap_rl.messages import TaskSpec
 from leap_rl.run_dir import RunDir
 
@@ -116,6 +116,7 @@ def run_pretrain(cfg: RunConfig, run: RunDir, resume: bool = False, max_tasks: i
 def command(cfg: RunConfig, run: RunDir | None, run_dir: Path, tasks: int | None) -> int:
     """``leap-rl pretrain`` once cli.py has resolved the configuration (``run`` is the run
     being resumed, or None for a new one)."""
+    require_a2c_inner(cfg, "leap-rl pretrain")
     if tasks is not None and tasks < 1:
         raise ConfigError(f"--tasks must be an integer ≥ 1, got {tasks}")
     resume = run is not None

@@ -297,3 +297,20 @@ def test_help_imports_neither_torch_nor_ray():
             "print(sorted(m for m in ('torch', 'ray') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("command", ["task", "train-sequential", "pretrain", "evaluate"])
+def test_the_commands_that_train_a2c_themselves_refuse_inner_rllib(cli, tmp_path, command):
+    """Only `leap-rl train` on Ray dispatches to RLlib; the others say so instead of quietly
+    training A2C, and make no run directory."""
+    run_dir = tmp_path / "run"
+    rllib = ("--set", 'inner="rllib"')
+    argv = {"task": ("task", "--preset", "ci", "--game", "pong", "--env-steps", "100", "--run-dir", str(run_dir)),
+            "train-sequential": ("train", "--preset", "ci", "--runtime", "sequential", "--run-dir", str(run_dir)),
+            "pretrain": ("pretrain", "--preset", "ci", "--run-dir", str(run_dir)),
+            "evaluate": ("evaluate", "--preset", "ci", "--random", "--games", "pong", "--env-steps", "100",
+                         "--out", str(run_dir))}[command]
+    rc, _out, err = cli(*argv, *rllib)
+    line = assert_one_line_error(rc, err)
+    assert "inner = 'rllib' runs only under `leap-rl train` on the Ray runtime" in line
+    assert not run_dir.exists()

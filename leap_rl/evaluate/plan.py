@@ -214,6 +214,8 @@ def build_plan(args: argparse.Namespace) -> Plan:
                         "baseline and takes a `leap-rl pretrain` run; name this init otherwise")
     model = next((i.model for i in inits if i.model is not None), None)
     cfg = load_config(args, model)
+    from leap_rl.config import require_a2c_inner
+    require_a2c_inner(cfg, "leap-rl evaluate")
     n = encoder_size(cfg.model)
     for init in inits:
         if init.phi.numel() != n:
