@@ -75,7 +75,13 @@ class _Terminated(KeyboardInterrupt):
     driver's own shutdown instead of dumping their stacks)."""
 
 
+_received: set[int] = set()
+"""Signals received: Ray's blocking calls turn an exception raised in a signal handler into a
+plain KeyboardInterrupt, so which signal it was is kept here."""
+
+
 def _raise_terminated(signum, frame) -> None:
+    _received.add(signum)
     raise _Terminated()
 
 
@@ -100,9 +106,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"leap-rl {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as exc:
-        how = "terminated" if isinstance(exc, _Terminated) else "interrupted"
-        print(f"leap-rl {args.command}: {how}{_resume_hint(args)}", file=sys.stderr)
-        return 128 + (signal.SIGTERM if isinstance(exc, _Terminated) else signal.SIGINT)
+        terminated = isinstance(exc, _Terminated) or signal.SIGTERM in _received
+        print(f"leap-rl {args.command}: {'terminated' if terminated else 'interrupted'}{_resume_hint(args)}",
+              file=sys.stderr)
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
 

@@ -24,11 +24,14 @@ Faults (README, "Faults"):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import os
 import shutil
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -304,9 +307,28 @@ def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
     A local Ray listens on 127.0.0.1 only, with token authentication on (Ray's default): see
     README, "On a Ray cluster", and tests/test_binding.py."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address:
-        ray.init(address=address, logging_level="warning")
-        return False
+    with _keep_sigterm_handler():
+        if address:
+            ray.init(address=address, logging_level="warning")
+            return False
+        _init_local_ray(cfg, dashboard)
+    return True
+
+
+@contextlib.contextmanager
+def _keep_sigterm_handler():
+    """ray.init installs its C++ failure handler for SIGTERM, which dumps a stack trace and
+    aborts, over the Python handler that stops the run cleanly and says how to resume
+    (leap_rl/cli.py): put the Python one back once Ray is up."""
+    handler = signal.getsignal(signal.SIGTERM)
+    try:
+        yield
+    finally:
+        if callable(handler) and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, handler)
+
+
+def _init_local_ray(cfg: RunConfig, dashboard: bool) -> None:
     needed = cfg.runtime.workers * cfg.runtime.cpus_per_worker + cfg.runtime.learner_cpus
     _keep_auth_token_private()
     _hide_token_notice()
@@ -323,7 +345,6 @@ def _init_ray(cfg: RunConfig, address: str | None, dashboard: bool) -> bool:
         )
     finally:
         restore()
-    return True
 
 
 class _TokenNotice(logging.Filter):
