@@ -20,7 +20,9 @@ What is measured (docs/BENCH.md explains each number and shows a table from a 2-
   efficiency rate_w / (w · rate_1);
 - the learner's ingest rate (segments/s) for an encoder's segment, in process and through the
   Ray ``LearnerActor``, and so how many workers one learner can feed;
-- with ``--sb3``: Stable-Baselines3's A2C on the same game, network, envs and machine.
+- with ``--sb3``: Stable-Baselines3's A2C on the same game, network, envs and machine;
+- with ``--rllib ALGORITHM``: Leap over RLlib's PPO, APPO or IMPALA (``inner = "rllib"``)
+  beside this project's A2C loop, one task each on a local Ray.
 
 Rates are given by wall-clock time and, for the parts that run in this process, also by this
 process's CPU time: on a shared machine the CPU-time figures move much less. Every ratio is
@@ -59,6 +61,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sb3-env", dest="sb3_envs", action="append", choices=SB3_ENVS,
                         help="SB3's env: 'ale' (our AtariVectorEnv behind SB3's VecEnv API) and/or "
                              "'make_atari_env' (SB3's own pipeline, needs opencv); default: both")
+    parser.add_argument("--rllib", dest="rllib", action="append", default=[], metavar="ALGORITHM",
+                        help="also time the RLlib inner loop (PPO, APPO or IMPALA) beside ours (repeatable)")
+    parser.add_argument("--rllib-env-steps", type=int, default=8192,
+                        help="env steps of each --rllib comparison task (default: %(default)s)")
     parser.add_argument("--threads", dest="torch_threads", type=int, default=1,
                         help="torch threads in this process (default: %(default)s)")
     parser.add_argument("--json", type=Path, help="also write the results as JSON here")
@@ -94,10 +100,17 @@ def run(args: argparse.Namespace) -> int:
             except ImportError:
                 raise ConfigError("--sb3-env make_atari_env needs OpenCV: pip install "
                                   "opencv-python-headless (or pass --sb3-env ale)") from None
+    from leap_rl.config import RLLIB_ALGORITHMS
+    bad = [a for a in args.rllib if a not in RLLIB_ALGORITHMS]
+    if bad:
+        raise ConfigError(f"--rllib {bad[0]!r}: the algorithm must be one of {', '.join(RLLIB_ALGORITHMS)}")
+    if args.rllib and args.rllib_env_steps < 1:
+        raise ConfigError(f"--rllib-env-steps must be ≥ 1, got {args.rllib_env_steps}")
     opts = BenchOptions(game=args.game, seconds=args.seconds, preset=args.preset,
                         overrides=tuple(args.overrides), repeat=args.repeat,
                         workers_max=args.workers_max, ray=args.ray, sb3=args.sb3,
-                        sb3_envs=sb3_envs, torch_threads=threads)
+                        sb3_envs=sb3_envs, torch_threads=threads, rllib=tuple(args.rllib),
+                        rllib_env_steps=args.rllib_env_steps)
     res = run_bench(opts, echo=lambda line: print(line, file=sys.stderr, flush=True))
     print(format_table(res))
     if args.json is not None:

@@ -42,6 +42,8 @@ class BenchOptions:
     sb3: bool = False
     sb3_envs: tuple[str, ...] = SB3_ENVS
     torch_threads: int = 1
+    rllib: tuple[str, ...] = ()
+    rllib_env_steps: int = 8192
 
 
 def machine_info() -> dict:
@@ -244,6 +246,20 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
             result["envs"][kind] = {"env_steps_per_s": w, "env_steps_per_cpu_s": c,
                                     "ours_over_sb3": ours_w / w, "ours_over_sb3_cpu": ours_c / c}
         out["sb3"] = result
+    # --- Leap over RLlib beside our loop (a local Ray: RLlib needs a session)
+    if opts.rllib:
+        from bench.rllib import bench_rllib
+
+        started = start_ray(1)
+        try:
+            out["rllib"] = []
+            for algorithm in opts.rllib:
+                echo(f"RLlib {algorithm} inner loop beside ours, {opts.rllib_env_steps} env steps each ...")
+                out["rllib"].append(bench_rllib(cfg, game, opts.rllib_env_steps, algorithm))
+        finally:
+            if started:
+                import ray
+                ray.shutdown()
     busy_end = machine_busy()
     if busy_start is not None and busy_end is not None and busy_end[1] > busy_start[1]:
         # all CPUs, all processes (other jobs included), over the whole bench

@@ -81,4 +81,12 @@ def format_table(res: dict) -> str:
         for kind, e in sb["envs"].items():
             row(f"SB3 A2C CnnPolicy, {kind} env", e["env_steps_per_s"], e["env_steps_per_cpu_s"],
                 f"{e['ours_over_sb3']:.2f}x ({e['ours_over_sb3_cpu']:.2f}x by CPU)")
+    for r in res.get("rllib", []):
+        lines.append("")
+        lines.append(f"{'Leap over RLlib ' + r['algorithm'] + ' vs our A2C loop':<52}{'env steps/s':>14}"
+                     f"{'grad st/s':>12}  RLlib / ours (env steps/s); RLlib set-up per task")
+        for name, x, note in (("ours (TaskRunner.run)", r["a2c"], ""),
+                              (f"RLlib {r['algorithm']} (RLlibTaskRunner.run)", r["rllib"],
+                               f"{r['rllib_over_a2c']:.2f}x; {r['rllib_setup_s']:.1f} s")):
+            lines.append(f"{name:<52}{x['env_steps_per_s']:14.0f}{x['gradient_steps_per_s']:12.1f}  {note}")
     return "\n".join(lines)

@@ -11,7 +11,7 @@ import bench
 from bench.ingest import bench_ingest_ray
 from bench.ray_workers import bench_ray_workers, start_ray
 from bench.timing import serial_limit
-from leap_rl.config import load
+from leap_rl.config import ConfigError, load
 
 
 def positive(x) -> bool:
@@ -125,3 +125,28 @@ def test_ray_measurements_on_a_tiny_budget():
         if started:
             import ray
             ray.shutdown()
+
+
+@pytest.mark.slow
+def test_bench_times_the_rllib_inner_loop_beside_ours(tmp_path, capsys):
+    """--rllib PPO: one task each way on a local Ray, env and gradient steps/s, the ratio."""
+    out = tmp_path / "bench.json"
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    args = parser.parse_args(["--game", "pong", "--preset", "ci", "--seconds", "0.05", "--no-ray",
+                              "--rllib", "PPO", "--rllib-env-steps", "200", "--json", str(out)])
+    assert bench.run(args) == 0
+    assert "Leap over RLlib PPO vs our A2C loop" in capsys.readouterr().out
+    (row,) = json.loads(out.read_text())["rllib"]
+    assert row["algorithm"] == "PPO"
+    for side in ("a2c", "rllib"):
+        assert row[side]["env_steps"] >= 200 and positive(row[side]["env_steps_per_s"])
+        assert positive(row[side]["gradient_steps_per_s"])
+    assert row["rllib_over_a2c"] == pytest.approx(row["rllib"]["env_steps_per_s"] / row["a2c"]["env_steps_per_s"])
+
+
+def test_bench_refuses_an_unknown_rllib_algorithm():
+    parser = argparse.ArgumentParser()
+    bench.add_arguments(parser)
+    with pytest.raises(ConfigError, match="the algorithm must be one of PPO, APPO, IMPALA"):
+        bench.run(parser.parse_args(["--rllib", "DQN"]))
