@@ -575,6 +575,9 @@ def run_train_ray(cfg: RunConfig, run_dir: Path, run: RunDir | None, address: st
                   dashboard: bool = False) -> int:
     resume = run is not None
     games = meta_training_games(cfg)
+    if cfg.inner == "rllib":  # a misspelt setting would fail every task inside its worker
+        from actors.rllib_inner.runner import check_settings
+        check_settings(cfg)
     recorder = Recorder(cfg, run, probe=None) if resume else None
     state = recorder.resume() if recorder is not None else None  # a damaged or edited run stops here
     started = _init_ray(cfg, address, dashboard)

@@ -236,6 +236,18 @@ def test_an_unknown_rllib_setting_is_one_config_error_line():
     check_settings(rllib_config("rllib.settings.num_epochs=3"))  # the real name passes
 
 
+def test_leap_rl_train_refuses_an_unknown_rllib_setting_before_ray_starts(tmp_path, capsys):
+    """Checked before Ray starts and before the run directory exists: not a run whose every
+    task fails inside its worker and that ends with exit 0 and φ unchanged."""
+    from leap_rl.cli import main
+    run_dir = tmp_path / "run"
+    rc = main(["train", "--preset", "ci", "--set", 'inner="rllib"', "--set", "rllib.settings.num_epoch=3",
+               "--run-dir", str(run_dir)])
+    err = capsys.readouterr().err
+    assert rc == 2 and "rllib.settings.num_epoch" in err and len(err.strip().splitlines()) == 1
+    assert not run_dir.exists() and not ray.is_initialized()
+
+
 @pytest.mark.parametrize("algorithm", ["APPO", "IMPALA"])
 def test_the_other_algorithms_defaults_are_their_settings(algorithm):
     check_settings(rllib_config(f'rllib.algorithm="{algorithm}"'))
