@@ -157,7 +157,12 @@ class MetaConfig:
     bounded step. Off is the paper's estimator."""
     mode: Literal["sync", "async"] = "sync"
     max_staleness: int = 1
-    """async only: drop contributions whose init version is more than this many versions old."""
+    """async only: a task whose init version is more than this many versions old is stale."""
+    stale: Literal["weight", "drop"] = "weight"
+    """async only, what a stale task's vector does. 'weight': it still counts, scaled by
+    (1 + max_staleness) / (1 + s) for a task s versions old (staleness-aware asynchronous SGD
+    scales a gradient's step by 1/s the same way), so no trained env step is thrown away.
+    'drop': its segments are refused and its worker stops it."""
 
     def __post_init__(self) -> None:
         _require(isinstance(self.games, tuple), "meta.games", "a list of game ids", self.games)
@@ -172,6 +177,7 @@ class MetaConfig:
         _require(0 < self.recycle_tau < 1, "meta.recycle_tau", "in (0, 1)", self.recycle_tau)
         _require(self.mode in ("sync", "async"), "meta.mode", "one of 'sync', 'async'", self.mode)
         _require(self.max_staleness >= 0, "meta.max_staleness", "an integer ≥ 0", self.max_staleness)
+        _require(self.stale in ("weight", "drop"), "meta.stale", "one of 'weight', 'drop'", self.stale)
 
 
 @dataclass(frozen=True)

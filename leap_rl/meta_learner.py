@@ -11,7 +11,9 @@ Policies (documented in the README):
   task's H_τ, so mixing it in would break the estimator;
 - a task's segments only count once its final segment arrived; ``discard_task`` forgets a task
   whose worker died, so a retried task never doubles up;
-- async mode: a task that started more than ``max_staleness`` versions ago is dropped.
+- async mode: a task that started s > ``max_staleness`` versions ago is stale. With
+  ``meta.stale = "weight"`` it still counts, its (normalized) vector scaled by
+  (1 + max_staleness) / (1 + s); with ``"drop"`` its segments are refused and it never counts.
 
 Plasticity guards (leap_rl/plasticity.py), when configured, act inside ``step``: the bound on
 each unit's step right after the optimizer's step, then the recycling of dormant units of the
@@ -49,6 +51,8 @@ class MetaUpdate:
     meta_grad_norm: float
     dropped_stale: tuple[str, ...] = ()
     staleness: tuple[int, ...] = ()
+    weights: tuple[float, ...] = ()
+    """Each used task's weight in G (1 unless it was stale and ``meta.stale = "weight"``)."""
     units_bounded: int = 0
     """Units whose step ``meta.max_unit_step`` scaled down."""
     recycled: dict[str, list[int]] | None = None
@@ -97,7 +101,7 @@ class MetaLearner:
         if seg.init_version > self.version:
             self._drop(seg, f"init version {seg.init_version} is newer than the learner's {self.version}")
             return False
-        if self.version - seg.init_version > self._max_age:
+        if self.version - seg.init_version > self._max_age and not self._weights_stale:
             self._drop(seg, f"stale: started at version {seg.init_version}, learner at {self.version}")
             return False
         task = self._tasks.get(seg.task_id)
@@ -115,6 +119,16 @@ class MetaLearner:
     def _max_age(self) -> int:
         # sync: tasks of the current version only; the driver never mixes versions
         return self.cfg.max_staleness if self.cfg.mode == "async" else 0
+
+    @property
+    def _weights_stale(self) -> bool:
+        return self.cfg.mode == "async" and self.cfg.stale == "weight"
+
+    def staleness_weight(self, staleness: int) -> float:
+        """A task's weight in G: 1 within ``max_staleness``, then (1 + max_staleness) / (1 + s)."""
+        if staleness <= self._max_age:
+            return 1.0
+        return (1 + self._max_age) / (1 + staleness)
 
     def _drop(self, seg: Segment, reason: str) -> None:
         """Refuse the segment and its whole task: a partial sum is not the task's H_τ."""
@@ -146,10 +160,13 @@ class MetaLearner:
             task = self._tasks[t]
             if not task.complete:
                 raise ValueError(f"task {t} has not sent its final segment")
-            (stale if self.version - task.init_version > self._max_age else fresh).append(t)
+            too_old = self.version - task.init_version > self._max_age
+            (stale if too_old and not self._weights_stale else fresh).append(t)
         vectors = [self._tasks[t].vector for t in fresh]
         if self.cfg.normalize_tasks:
             vectors = [normalized(v) for v in vectors]
+        weights = [self.staleness_weight(self.version - self._tasks[t].init_version) for t in fresh]
+        vectors = [v if w == 1.0 else w * v for v, w in zip(vectors, weights)]
         grad_norm, bounded, recycled = 0.0, 0, None
         if vectors:
             grad = meta_gradient(vectors)
@@ -171,7 +188,7 @@ class MetaLearner:
             games=tuple(self._tasks[t].game for t in fresh), meta_grad_norm=grad_norm,
             dropped_stale=tuple(stale),
             staleness=tuple(self.version - self._tasks[t].init_version for t in fresh),
-            units_bounded=bounded, recycled=recycled,
+            weights=tuple(weights), units_bounded=bounded, recycled=recycled,
         )
         for t in ids:
             del self._tasks[t]

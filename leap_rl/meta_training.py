@@ -111,6 +111,8 @@ def meta_step_row(update: MetaUpdate, results: list[TaskResult], diagnostics: di
         "elapsed": elapsed,
         "dropped_stale": len(update.dropped_stale),
         "max_staleness_seen": max(update.staleness, default=0),
+        "stale_weighted": sum(w < 1.0 for w in update.weights),
+        "min_task_weight": min(update.weights, default=1.0),
         "episode_return_mean": {g: mean([r.final_return_mean for r in rs if r.episode_returns])
                                 for g, rs in by_game.items()},
         "param_part_norm": {g: mean([r.param_part_norm for r in rs]) for g, rs in by_game.items()},

@@ -6,9 +6,11 @@ Modes (``meta.mode``):
   when all of them are done. Tasks and seeds are those of the sequential loop, so both give
   the same φ.
 - async: no barrier. A free worker starts a new task from the newest φ; the learner steps as
-  soon as ``tasks_per_step`` tasks have finished, using those within ``max_staleness``
-  versions and dropping older ones (the extra approximation of asynchronous Leap). A worker
-  whose task was refused as stale stops it at its next segment.
+  soon as ``tasks_per_step`` tasks have finished (the extra approximation of asynchronous
+  Leap). A task older than ``max_staleness`` versions counts down-weighted (``meta.stale =
+  "weight"``) or is refused, and then its worker stops it at its next segment (``"drop"``).
+  No task is started that the run could not use: at most the tasks its remaining meta-steps
+  need are running or waiting at any time, so the last meta-step leaves nothing half-trained.
 
 Faults (README, "Faults"):
 - a task whose worker died, raised, or made no progress for ``runtime.stall_timeout_s`` is
@@ -135,6 +137,10 @@ class _Workers:
         ray.kill(self.actors[slot])
         self.actors[slot] = self._new()
         self.polls.pop(slot, None)
+
+    def running_tasks(self) -> int:
+        """Meta-training tasks running now (probes aside)."""
+        return sum(not job.spec.probe for job in self.running.values())
 
     def submit(self, spec: TaskSpec, phi_ref: list, attempt: int = 0) -> None:
         slot = self.free.pop(0)
@@ -689,7 +695,10 @@ def _async_loop(s: _Session) -> None:
         while workers.free and s.probes.pending:  # probes first: they measure a version of φ
             spec, probe_ref, attempt = s.probes.pending.pop(0)
             workers.submit(spec, probe_ref, attempt)
-        while workers.free:
+        # Start no task that could not count: the run needs (meta-steps left) × tasks_per_step
+        # more, and the ones running or waiting are already on their way.
+        needed = (cfg.meta.meta_steps - version) * cfg.meta.tasks_per_step - len(waiting)
+        while workers.free and workers.running_tasks() < needed:
             ticket = totals.next_ticket
             game = sample_games(s.games, 1, cfg.seed, ticket)[0]
             spec = TaskSpec(f"a{ticket:06d}", game, version, derived_seed(cfg.seed, ticket, 1),

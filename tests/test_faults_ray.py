@@ -174,7 +174,8 @@ def test_async_tasks_refused_as_stale_stop_at_their_next_segment(tmp_path):
     run_dir = tmp_path / "async"
     ok(leap_rl("train", "--preset", "ci", *LONGER, "--set", 'meta.mode="async"', "--set", "meta.tasks_per_step=1",
                "--set", "meta.meta_steps=4", "--set", "meta.max_staleness=0", "--set", "runtime.workers=3",
-               "--set", "runtime.probe_tasks=0", "--run-dir", str(run_dir), timeout=LIMIT))
+               "--set", 'meta.stale="drop"', "--set", "runtime.probe_tasks=0", "--run-dir", str(run_dir),
+               timeout=LIMIT))
     stopped = rows(run_dir, "task_stopped")
     assert stopped, "no task was refused while running"
     progress = rows(run_dir, "progress")
@@ -190,3 +191,20 @@ def test_async_tasks_refused_as_stale_stop_at_their_next_segment(tmp_path):
     assert trained == sorted(trained) and used == sorted(used)
     assert used[-1] == sum(r["tasks"] for r in meta) * 2000  # LONGER: 2000 env steps a task
     assert trained[-1] > used[-1]  # the stale tasks' steps, trained and not used
+
+
+def test_async_with_stale_tasks_weighted_uses_what_it_trains(tmp_path):
+    """The same run with meta.stale = "weight" (the default): no task is refused for its age,
+    stale ones count down-weighted, and no task starts that the run could not use, so at least
+    90 % of the env steps trained reach φ (here all of them)."""
+    run_dir = tmp_path / "async"
+    ok(leap_rl("train", "--preset", "ci", *LONGER, "--set", 'meta.mode="async"', "--set", "meta.tasks_per_step=1",
+               "--set", "meta.meta_steps=4", "--set", "meta.max_staleness=0", "--set", "runtime.workers=3",
+               "--set", "runtime.probe_tasks=0", "--run-dir", str(run_dir), timeout=LIMIT))
+    assert not rows(run_dir, "task_stopped") and not rows(run_dir, "rejected_segment")
+    meta = rows(run_dir, "meta_step")
+    assert [r["version"] for r in meta] == [1, 2, 3, 4]
+    assert sum(r["stale_weighted"] for r in meta) >= 1, "no task was stale: the test shows nothing"
+    assert min(r["min_task_weight"] for r in meta) < 1.0
+    trained, used = meta[-1]["env_steps_trained"], meta[-1]["env_steps_used"]
+    assert used >= 0.9 * trained and used == sum(r["tasks"] for r in meta) * 2000

@@ -624,7 +624,7 @@ def test_sync_mode_rejects_other_versions():
 def test_async_staleness_bound():
     S = 1
     phi0 = torch.zeros(3)
-    learner = sgd_learner(phi0, mode="async", max_staleness=S)
+    learner = sgd_learner(phi0, mode="async", max_staleness=S, stale="drop")
     # A task that started at version 0 sends its first segment while the learner is at 0.
     assert learner.add_segment(seg("slow", torch.ones(3), init_version=0, final=False))
     learner.step([])
@@ -647,7 +647,7 @@ def test_async_staleness_bound():
 def test_async_tasks_that_went_stale_are_dropped_at_step_time():
     S = 1
     phi0 = torch.zeros(3)
-    learner = sgd_learner(phi0, mode="async", max_staleness=S)
+    learner = sgd_learner(phi0, mode="async", max_staleness=S, stale="drop")
     learner.step([])  # version 1
     assert learner.add_segment(seg("early", torch.full((3,), 50.0), init_version=1))
     learner.step([])  # version 2: "early" is S behind, still fine
@@ -663,12 +663,40 @@ def test_async_tasks_that_went_stale_are_dropped_at_step_time():
 
 def test_async_only_stale_tasks_leave_phi_unchanged():
     phi0 = torch.randn(3)
-    learner = sgd_learner(phi0, mode="async", max_staleness=0)
+    learner = sgd_learner(phi0, mode="async", max_staleness=0, stale="drop")
     learner.add_segment(seg("t", torch.ones(3), init_version=0))
     learner.step([])
     update = learner.step(["t"])
     assert update.tasks == () and update.dropped_stale == ("t",)
     torch.testing.assert_close(learner.phi.detach(), phi0)
+
+
+def test_async_stale_tasks_count_down_weighted_by_default():
+    """meta.stale = "weight": nothing is refused for its age; a task s > S versions old enters
+    G scaled by (1 + S) / (1 + s), one within S with weight 1 (literal values)."""
+    S = 1
+    phi0 = torch.zeros(3)
+    learner = sgd_learner(phi0, mode="async", max_staleness=S)
+    assert learner.cfg.stale == "weight"
+    assert learner.add_segment(seg("old", torch.tensor([4.0, 0.0, 0.0]), init_version=0, final=False))
+    for _ in range(3):
+        learner.step([])
+    assert learner.version == 3
+    # 3 versions behind now: still accepted, and its task counts
+    assert learner.add_segment(seg("old", torch.tensor([2.0, 0.0, 0.0]), init_version=0, index=1))
+    assert learner.add_segment(seg("recent", torch.tensor([0.0, 6.0, 0.0]), init_version=2))
+    update = learner.step()
+    assert update.tasks == ("old", "recent") and update.dropped_stale == ()
+    assert update.staleness == (3, 1) and update.weights == (0.5, 1.0)  # (1 + 1) / (1 + 3)
+    # G = −(1/2)(0.5·[6, 0, 0] + [0, 6, 0]); SGD lr 1: φ = −G
+    torch.testing.assert_close(learner.phi.detach(), torch.tensor([1.5, 3.0, 0.0]))
+    assert [learner.staleness_weight(s) for s in range(5)] == [1.0, 1.0, 2 / 3, 0.5, 0.4]
+
+
+def test_sync_mode_never_weights():
+    learner = sgd_learner(torch.zeros(2), stale="weight")
+    learner.step([])
+    assert not learner.add_segment(seg("old", torch.ones(2), init_version=0))  # sync: only φ_v's tasks
 
 
 # ----------------------------------------------------------------------------- synthetic tasks

@@ -277,7 +277,7 @@ def test_async_staleness_bound_is_applied_and_reached(tmp_path):
     run_dir = tmp_path / "async"
     ok(leap_rl("train", "--preset", "ci", "--set", 'meta.mode="async"', "--set", "meta.tasks_per_step=1",
                "--set", "meta.meta_steps=4", "--set", "meta.max_staleness=1", "--set", "runtime.workers=3",
-               "--set", "runtime.probe_tasks=0", "--run-dir", str(run_dir)))
+               "--set", 'meta.stale="drop"', "--set", "runtime.probe_tasks=0", "--run-dir", str(run_dir)))
     meta = rows(run_dir, "meta_step")
     assert [r["version"] for r in meta] == [1, 2, 3, 4]
     assert max(r["max_staleness_seen"] for r in meta) == 1  # the bound is reached, not exceeded
