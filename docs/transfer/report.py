@@ -54,6 +54,20 @@ def meta_summary(run: Path) -> dict:
     return out
 
 
+def moved(run: Path) -> dict[str, float]:
+    """How far each layer of the run's encoder moved from φ_0: ‖φ_l − φ_0,l‖ / ‖φ_0,l‖."""
+    import tomllib
+
+    from leap_rl.config import from_dict
+    from leap_rl.diagnostics import layer_movement
+    from leap_rl.models import ActorCritic, encoder_layout, initial_encoder
+    from leap_rl.run_dir import load_encoder_file
+
+    cfg = from_dict(tomllib.loads((run / "config.toml").read_text()))
+    return layer_movement(load_encoder_file(run), initial_encoder(cfg.model, cfg.seed),
+                          encoder_layout(ActorCritic(cfg.model, num_actions=1)))
+
+
 def fmt(x: float | None, digits: int = 1) -> str:
     return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.{digits}f}"
 
@@ -132,14 +146,18 @@ def main() -> None:
         r = results[half]
         lines += [f"## {title}", "",
                   f"{r['seeds']} seeds × {r['env_steps']:,} env steps per agent; seeds matched across inits.", ""]
-        lines += ["| meta-training run | meta-steps | dormant units φ_0 → last | probe path length φ_0 → last |",
-                  "|---|---|---|---|"]
-        for name in ("leap", "reptile"):
+        lines += ["| run | meta-steps | dormant units φ_0 → last | probe path length φ_0 → last | "
+                  "moved from φ_0 (conv1, conv2, fc) |", "|---|---|---|---|---|"]
+        for name in ("leap", "reptile", "finetune"):
             m = meta_summary(args.runs / half / name)
+            move = ", ".join(f"{100 * v:.1f} %" for v in moved(args.runs / half / name).values())
             if "dormant" in m:
                 d, p = m["dormant"], m["probe_path"]
                 lines.append(f"| {name} | {m['meta_steps']} | {fmt(100 * d[0])} % → {fmt(100 * d[1])} % "
-                             f"(φ_{m['last_version']}) | {fmt(p[0], 2)} → {fmt(p[1], 2)} ({fmt(p[1] / p[0], 3)}×) |")
+                             f"(φ_{m['last_version']}) | {fmt(p[0], 2)} → {fmt(p[1], 2)} ({fmt(p[1] / p[0], 3)}×) | "
+                             f"{move} |")
+            else:  # the fine-tuning run: no meta-steps, no probes
+                lines.append(f"| {name} | — | — | — | {move} |")
         lines.append("")
         for game in r["games"]:
             lines += game_table(game, r["per_game"][game])
