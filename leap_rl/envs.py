@@ -82,9 +82,10 @@ def pool_games() -> tuple[str, ...]:
     return tuple(e.game for e in meta_training_pool() if e.in_pool)
 
 
-def make_vec_env(game: str, cfg: EnvConfig) -> AtariVectorEnv:
+def make_vec_env(game: str, cfg: EnvConfig, autoreset_mode: str = "SameStep") -> AtariVectorEnv:
     """The C++ vector env in synchronous mode with SameStep autoreset (the reset observation
-    comes back on the terminal step; the last real one is in info['final_obs']).
+    comes back on the terminal step; the last real one is in info['final_obs']); RLlib's env
+    asks for NextStep instead (actors/rllib_inner/env.py), with every other setting the same.
 
     Rewards come back raw (clipping is A2C's business, and episode scores must be raw).
     Life losses are reported as terminations without resetting the game when
@@ -98,6 +99,8 @@ def make_vec_env(game: str, cfg: EnvConfig) -> AtariVectorEnv:
     info keys, and for the default flavour the same observations, in Python.
     """
     if ":" in game:
+        if autoreset_mode != "SameStep":
+            raise ValueError(f"a flavoured game steps with SameStep autoreset only, not {autoreset_mode}")
         from leap_rl.flavours import make_flavoured_vec_env
         return make_flavoured_vec_env(game, cfg)
     env = AtariVectorEnv(
@@ -109,7 +112,7 @@ def make_vec_env(game: str, cfg: EnvConfig) -> AtariVectorEnv:
         repeat_action_probability=cfg.repeat_action_probability,
         full_action_space=cfg.full_action_space,
         max_num_frames_per_episode=cfg.max_episode_frames,
-        autoreset_mode="SameStep",
+        autoreset_mode=autoreset_mode,
         episodic_life=False,
         life_loss_info=cfg.life_loss_terminal,
         reward_clipping=False,

@@ -26,6 +26,7 @@ from ale_py.vector_env import AtariVectorEnv
 
 from leap_rl.a2c import clip_rewards
 from leap_rl.config import A2CConfig, EnvConfig
+from leap_rl.envs import make_vec_env
 
 
 class GameScores:
@@ -82,18 +83,5 @@ def make_env(ctx: dict[str, Any]) -> ClippedAtariVectorEnv:
     cfg: EnvConfig = ctx["env"]
     if ctx["num_envs"] != cfg.num_envs:  # RLlib's num_envs_per_env_runner comes from env.num_envs
         raise ValueError(f"RLlib asked for {ctx['num_envs']} envs, env.num_envs is {cfg.num_envs}")
-    env = AtariVectorEnv(
-        ctx["game"],
-        cfg.num_envs,
-        num_threads=cfg.env_threads,
-        frameskip=cfg.frame_skip,
-        noop_max=cfg.noop_max,
-        repeat_action_probability=cfg.repeat_action_probability,
-        full_action_space=cfg.full_action_space,
-        max_num_frames_per_episode=cfg.max_episode_frames,
-        autoreset_mode="NextStep",  # what RLlib's EnvRunner expects (module docstring)
-        episodic_life=False,
-        life_loss_info=cfg.life_loss_terminal,
-        reward_clipping=False,
-    )
+    env = make_vec_env(ctx["game"], cfg, autoreset_mode="NextStep")  # what RLlib's EnvRunner expects
     return ClippedAtariVectorEnv(env, ctx["a2c"])
