@@ -68,8 +68,11 @@ def moved(run: Path) -> dict[str, float]:
                           encoder_layout(ActorCritic(cfg.model, num_actions=1)))
 
 
-def fmt(x: float | None, digits: int = 1) -> str:
-    return "—" if x is None or (isinstance(x, float) and not math.isfinite(x)) else f"{x:,.{digits}f}"
+def fmt(x: float | None, digits: int | None = None) -> str:
+    """``digits`` None: 2 decimals below 10 (Breakout scores), 1 above."""
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "—"
+    return f"{x:,.{digits if digits is not None else (2 if abs(x) < 10 else 1)}f}"
 
 
 def pair(per_game: dict, a: str, b: str, metric: str = "auc") -> dict:
@@ -91,25 +94,32 @@ def game_table(game: str, g: dict) -> list[str]:
         r = g["inits"][name]
         lines.append(f"| {name} | {fmt(r['auc']['mean'])} ± {fmt(r['auc']['sd'])} | "
                      f"{fmt(r['final']['mean'])} ± {fmt(r['final']['sd'])} | {r['auc']['n']} |")
-    lines += ["", "| AUC difference | a − b | 95 % interval | p (Welch) | p (permutation) | detectable at 80 % power |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| a − b | ΔAUC [95 % interval] | p (Welch) | p (permutation) | AUC detectable at 80 % power "
+                  "| Δfinal [95 % interval] | p (Welch) |", "|---|---|---|---|---|---|---|"]
+
+    def interval(c: dict) -> str:
+        return f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}]" if c["ci95"] else "—"
+
     for a, b in PAIRS:
-        c = pair(g, a, b)
-        ci = f"[{fmt(c['ci95'][0])}, {fmt(c['ci95'][1])}]" if c["ci95"] else "—"
-        lines.append(f"| {a} − {b} | {fmt(c['diff'])} | {ci} | {fmt(c['p_welch'], 3)} | "
-                     f"{fmt(c['p_permutation'], 3)} | ±{fmt(c['mde80'])} |")
+        c, f = pair(g, a, b), pair(g, a, b, "final")
+        lines.append(f"| {a} − {b} | {fmt(c['diff'])} {interval(c)} | {fmt(c['p_welch'], 3)} | "
+                     f"{fmt(c['p_permutation'], 3)} | {fmt(c['mde80'])} | {fmt(f['diff'])} {interval(f)} | "
+                     f"{fmt(f['p_welch'], 3)} |")
     return lines + [""]
 
 
 def figure(results: dict[str, dict], out: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
     games = [(half, game) for half, r in results.items() for game in r["games"]]
-    fig, axes = plt.subplots(1, len(games), figsize=(4.2 * len(games), 3.4), squeeze=False)
-    for ax, (half, game) in zip(axes[0], games):
+    cols = 2
+    rows = -(-len(games) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.3 * rows), squeeze=False)
+    for ax, (half, game) in zip(axes.flat, games):
         g = results[half]["per_game"][game]
         x = np.asarray(g["grid"], float)
         for name in NAMES:
@@ -119,10 +129,11 @@ def figure(results: dict[str, dict], out: Path) -> None:
             n = np.maximum(np.asarray(c["n"], float), 1)
             ax.plot(x, mean, label=name)
             ax.fill_between(x, mean - sd / np.sqrt(n), mean + sd / np.sqrt(n), alpha=0.2)
-        ax.set_title(game, fontsize=9)
+        ax.set_title(f"{game} ({half})", fontsize=9)
+        ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v / 1000:.0f}k"))
         ax.set_xlabel("env steps")
-    axes[0][0].set_ylabel("score (mean of the last 100 games)")
-    axes[0][0].legend(fontsize=8)
+        ax.set_ylabel("score, last 100 games")
+    axes.flat[0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
@@ -145,7 +156,7 @@ def main() -> None:
     for half, title in HALVES.items():
         r = results[half]
         lines += [f"## {title}", "",
-                  f"{r['seeds']} seeds × {r['env_steps']:,} env steps per agent; seeds matched across inits.", ""]
+                  f"{len(r['seeds'])} seeds × {r['env_steps']:,} env steps per agent; seeds matched across inits.", ""]
         lines += ["| run | meta-steps | dormant units φ_0 → last | probe path length φ_0 → last | "
                   "moved from φ_0 (conv1, conv2, fc) |", "|---|---|---|---|---|"]
         for name in ("leap", "reptile", "finetune"):
@@ -154,7 +165,7 @@ def main() -> None:
             if "dormant" in m:
                 d, p = m["dormant"], m["probe_path"]
                 lines.append(f"| {name} | {m['meta_steps']} | {fmt(100 * d[0])} % → {fmt(100 * d[1])} % "
-                             f"(φ_{m['last_version']}) | {fmt(p[0], 2)} → {fmt(p[1], 2)} ({fmt(p[1] / p[0], 3)}×) | "
+                             f"(φ_{m['last_version']}) | {fmt(p[0])} → {fmt(p[1])} ({fmt(p[1] / p[0], 3)}×) | "
                              f"{move} |")
             else:  # the fine-tuning run: no meta-steps, no probes
                 lines.append(f"| {name} | — | — | — | {move} |")
