@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The transfer experiment of docs/RESULTS.md §5, resumable: re-running it continues where it
 # stopped (every run and the evaluations pick up at their next task or agent).
-#   bash docs/transfer/run.sh       (from the repository root; about 1.5 h on 2 cores)
+#   bash docs/transfer/run.sh       (from the repository root; 1 h 40 min on 2 cores shared with other jobs)
 # Two halves, each with the four inits random, reptile, finetune and leap, 10 seeds, 40k env
 # steps per agent:
 #   games:    meta-train on six pool games, evaluate on the paper's held-out Breakout and SpaceInvaders
@@ -43,5 +43,5 @@ run pretrain flavours finetune > "$out/finetune_flavours.log" 2>&1 & flavours_pi
 wait "$games_pid" && wait "$flavours_pid"
 evaluate flavours "space_invaders:mode=7:difficulty=1,space_invaders:mode=9:difficulty=0"
 evaluate games "breakout,space_invaders"
-.venv/bin/python -m leap_rl.evaluate.transfer "$out/games/eval/results.json" \
-  "$out/flavours/eval/results.json" docs/results/transfer.json
+# transfer.json (both halves merged), transfer.md and transfer.png in docs/results
+.venv/bin/python docs/transfer/report.py "$out" --out docs/results
