@@ -47,7 +47,8 @@ def format_table(res: dict) -> str:
         lines.append(f"{name:<52}{o['update_ms']:14.2f}{o['leap_ms']:12.3f}  "
                      f"{100 * o['fraction']:.2f} %; {100 * o['fraction_cpu']:.2f} % | "
                      f"{o['leap_axpys']:.2f} + {o['step_out_extra_axpys']:.2f} = {o['leap_total_axpys']:.2f} "
-                     f"({o['reference_axpys']:.2f}); one axpy {1e3 * o['axpy_ms']:.0f} µs")
+                     f"({o['reference_axpys']:.2f}); one axpy {1e3 * o['axpy_ms']:.0f} µs from memory, "
+                     f"{1e3 * o['axpy_hot_ms']:.0f} µs in cache ({o['leap_hot_axpys']:.2f} such)")
     if "ray" in res:
         lines.append("")
         lines.append(f"{'Ray, local (all workers together)':<52}{'end to end':>14}{'steady':>12}  "

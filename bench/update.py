@@ -112,30 +112,53 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
     return UpdateTiming(update, Timing(iters, *leap), Timing(iters, *ref), n)
 
 
-def bench_axpy(num_params: int, seconds: float) -> Timing:
-    """One axpy, ``a.add_(b, alpha=c)``, on vectors of ``num_params`` floats: Leap's unit."""
-    a, b = torch.zeros(num_params), torch.full((num_params,), 1e-3)
+COLD_BYTES = 256 * 2**20
+"""Vectors rotated through by the cold axpy: more than any last-level cache holds."""
+
+
+def bench_axpy(num_params: int, seconds: float, cold: bool = True) -> Timing:
+    """One axpy, ``a.add_(b, alpha=c)``, on vectors of ``num_params`` floats: Leap's unit.
+
+    ``cold``: every axpy on a different pair of a rotation larger than the caches, so both
+    vectors come from memory, as Leap's do in the loop (written an update earlier, with the
+    whole forward and backward pass in between). Hot: the same pair every time, in cache.
+    """
+    pairs = max(1, -(-COLD_BYTES // (8 * num_params))) if cold else 1
+    vectors = [(torch.zeros(num_params), torch.full((num_params,), 1e-3)) for _ in range(pairs)]
+    i = 0
 
     def step() -> None:
+        nonlocal i
+        a, b = vectors[i % pairs]
         a.add_(b, alpha=-0.5)
+        i += 1
 
-    return repeat(step, seconds, warmup=5)
+    return repeat(step, seconds, warmup=max(5, pairs))
 
 
 def bench_step_out(num_params: int, seconds: float) -> tuple[Timing, Timing]:
-    """The optimizer's last pass over θ two ways, on ``num_params`` floats: PyTorch's fused
-    ``θ.addcdiv_(g, d, value=-lr)``, and the same arithmetic keeping the step for Leap
-    (``torch.mul(g, -lr, out=s).div_(d)``; ``θ.add_(s)``). The difference is what writing Δθ
-    out costs the optimizer: Leap's share of the update outside ``observe_step``."""
-    theta, g, s = torch.zeros(num_params), torch.full((num_params,), 1e-3), torch.zeros(num_params)
-    d = torch.full((num_params,), 2.0)
+    """The optimizer's last pass over θ two ways, on ``num_params`` floats from memory (a
+    rotation like the cold axpy's): PyTorch's fused ``θ.addcdiv_(g, d, value=-lr)``, and the
+    same arithmetic keeping the step for Leap (``torch.mul(g, -lr, out=s).div_(d)``;
+    ``θ.add_(s)``). The difference is what writing Δθ out costs the optimizer: Leap's share of
+    the update outside ``observe_step``."""
+    sets = max(1, -(-COLD_BYTES // (16 * num_params)))
+    vectors = [(torch.zeros(num_params), torch.full((num_params,), 1e-3), torch.full((num_params,), 2.0),
+                torch.zeros(num_params)) for _ in range(sets)]
     lr = 1e-4
+    i = 0
 
     def fused() -> None:
+        nonlocal i
+        theta, g, d, _s = vectors[i % sets]
         theta.addcdiv_(g, d, value=-lr)
+        i += 1
 
     def kept() -> None:
+        nonlocal i
+        theta, g, d, s = vectors[i % sets]
         torch.mul(g, -lr, out=s).div_(d)
         theta.add_(s)
+        i += 1
 
-    return repeat(fused, seconds, warmup=5), repeat(kept, seconds, warmup=5)
+    return repeat(fused, seconds, warmup=sets), repeat(kept, seconds, warmup=sets)

@@ -75,6 +75,7 @@ def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
         assert row["fraction"] == pytest.approx(row["leap_ms"] / row["update_ms"])
         # Leap in axpys: observe_step's time, and with the optimizer's step-out, over one axpy's
         assert row["leap_axpys"] == pytest.approx(row["leap_ms"] / row["axpy_ms"])
+        assert row["leap_hot_axpys"] == pytest.approx(row["leap_ms"] / row["axpy_hot_ms"])
         assert row["leap_total_axpys"] == pytest.approx((row["leap_ms"] + row["step_out_extra_ms"]) / row["axpy_ms"])
         assert row["reference_axpys"] == pytest.approx(row["reference_ms"] / row["axpy_ms"])
     assert res["leap_overhead"]["mnih2013"]["encoder_params"] == 676_144
