@@ -139,8 +139,8 @@ def bench_axpy(num_params: int, seconds: float, cold: bool = True) -> Timing:
 def bench_step_out(num_params: int, seconds: float) -> tuple[Timing, Timing]:
     """The optimizer's last pass over θ two ways, on ``num_params`` floats from memory (a
     rotation like the cold axpy's): PyTorch's fused ``θ.addcdiv_(g, d, value=-lr)``, and the
-    same arithmetic keeping the step for Leap (``torch.mul(g, -lr, out=s).div_(d)``;
-    ``θ.add_(s)``). The difference is what writing Δθ out costs the optimizer: Leap's share of
+    same arithmetic keeping the step for Leap (``torch.addcdiv(0, g, d, value=-lr, out=s)``;
+    ``θ.add_(s)``: optim.RMSprop's step_out). The difference is what writing Δθ out costs the optimizer: Leap's share of
     the update outside ``observe_step``."""
     sets = max(1, -(-COLD_BYTES // (16 * num_params)))
     vectors = [(torch.zeros(num_params), torch.full((num_params,), 1e-3), torch.full((num_params,), 2.0),
@@ -154,10 +154,12 @@ def bench_step_out(num_params: int, seconds: float) -> tuple[Timing, Timing]:
         theta.addcdiv_(g, d, value=-lr)
         i += 1
 
+    zero = torch.zeros(())
+
     def kept() -> None:
         nonlocal i
         theta, g, d, s = vectors[i % sets]
-        torch.mul(g, -lr, out=s).div_(d)
+        torch.addcdiv(zero, g, d, value=-lr, out=s)
         theta.add_(s)
         i += 1
 
