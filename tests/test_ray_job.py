@@ -76,12 +76,14 @@ def ray_head():
         shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def test_ray_job_submit_runs_the_ci_meta_training_on_a_head_node(ray_head, tmp_path):
+@pytest.mark.parametrize("inner", [(), ("--set", 'inner="rllib"', "--set", 'rllib.algorithm="PPO"')],
+                         ids=["a2c", "rllib-ppo"])
+def test_ray_job_submit_runs_the_ci_meta_training_on_a_head_node(ray_head, tmp_path, inner):
     address, env = ray_head
     run_dir = tmp_path / "job-run"  # absolute: the job's working directory is a copy of the repo
     job = subprocess.run(
         [str(BIN / "ray"), "job", "submit", "--address", address, "--working-dir", str(REPO),
-         "--", "python", "-m", "leap_rl.cli", "train", "--preset", "ci", "--address", "auto",
+         "--", "python", "-m", "leap_rl.cli", "train", "--preset", "ci", *inner, "--address", "auto",
          "--run-dir", str(run_dir)],
         env=env, capture_output=True, text=True, timeout=LIMIT)
     assert job.returncode == 0, job.stdout[-3000:] + job.stderr[-3000:]
@@ -89,3 +91,8 @@ def test_ray_job_submit_runs_the_ci_meta_training_on_a_head_node(ray_head, tmp_p
     assert "meta-step 2/2" in job.stdout
     state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
     assert state["version"] == 2
+    if inner:  # the tasks were trained by RLlib's PPO, not by the A2C path
+        import json
+        progress = [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+                    if r.get("event") == "progress"]
+        assert progress and all(r.get("inner") == "rllib:PPO" for r in progress)
