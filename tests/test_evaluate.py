@@ -208,8 +208,8 @@ def test_bad_init_path(meta, tmp_path, capsys):
 
 def test_bad_init_raises_config_error(tmp_path):
     from leap_rl.config import ConfigError
-    from leap_rl.cli import _Parser
-    parser = _Parser(prog="t")
+    from leap_rl.usage import UsageParser
+    parser = UsageParser(prog="t")
     evaluate.add_arguments(parser)
     args = parser.parse_args(["--init", f"x={tmp_path}", "--games", GAME, "--env-steps", "100",
                               "--out", str(tmp_path / "o")])
