@@ -100,6 +100,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from leap_rl.config import ConfigError
     previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    # Python leaves SIGINT ignored when it starts with it ignored, as every `cmd &` of a
+    # non-interactive shell (and nohup) does: a Ctrl-C or `kill -INT` must still stop a run.
+    previous_int = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -112,6 +115,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGINT, previous_int)
 
 
 def _load_config(args: argparse.Namespace):
