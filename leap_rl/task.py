@@ -129,22 +129,21 @@ class _Rollouts:
         self.parts = [slice(0, cfg.env.num_envs)]
         return [make_vec_env(spec.game, cfg.env)]
 
-    def _act(self, part: slice) -> np.ndarray | None:
+    def _act(self, part: slice) -> torch.Tensor | None:
         """Actions for the envs of ``part`` from the current policy; None if its logits are not finite."""
         with torch.no_grad():
             logits, _ = self.model(self.obs[part])
         if not bool(torch.isfinite(logits).all()):
             return None
         with torch.no_grad():
-            actions = torch.multinomial(torch.softmax(logits, -1), 1, generator=self.sampler).squeeze(1)
-        return actions.cpu().numpy()
+            return torch.multinomial(torch.softmax(logits, -1), 1, generator=self.sampler).squeeze(1)
 
-    def _record(self, t: int, part: slice, actions: np.ndarray, result: tuple) -> None:
+    def _record(self, t: int, part: slice, actions: torch.Tensor, result: tuple) -> None:
         """Step ``t`` of the envs of ``part``: into the rollout, and the frames move on."""
         a2c, device, model = self.a2c, self.device, self.model
         next_obs, raw_reward, terminated, truncated, info = result
         self.obs_buf[t, part] = self.obs[part]
-        self.act_buf[t, part] = torch.from_numpy(actions).to(device)
+        self.act_buf[t, part] = actions
         ended = self.tracker.update(raw_reward, terminated, truncated, info["episode_frame_number"], part)
         for score, _length in ended:
             self.scores.append(score)
@@ -170,7 +169,7 @@ class _Rollouts:
             actions = self._act(part)
             if actions is None:
                 return None
-            self._record(t, part, actions, env.step(actions))
+            self._record(t, part, actions, env.step(actions.cpu().numpy()))
         return self._rollout()
 
     def recent_mean(self) -> float:
@@ -223,9 +222,10 @@ class _OverlappedRollouts(_Rollouts):
                 _recv(env, sent)
 
 
-def _send(env, actions: np.ndarray, sent: list) -> None:
+def _send(env, actions: torch.Tensor, sent: list) -> None:
     """Start a step: the C++ vector env's own async ``send``; a Python env (a flavoured game)
     has none and steps when received."""
+    actions = actions.cpu().numpy()
     if hasattr(env, "send"):
         env.send(actions)
     else:
