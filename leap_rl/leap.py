@@ -33,6 +33,11 @@ Two ways to show the accumulator a point:
   the old one in place by c_{i−1}, which is divided back out of a scalar). Per step: ‖Δθ_i‖
   and the loss term's axpy under energy, plus the Δθ_i/w_i axpy under length.
   ``leap-rl bench`` measures both in axpys.
+
+Deferred adds (``defer``): a loop that writes its gradients (and steps) into the rows of a
+matrix in turn can let the accumulator wait and add a whole block of rows in one matrix–vector
+product, Σ_j c_j·v_j = Vᵀc: the accumulator is then read and written once per block instead of
+once per step, which is most of an axpy's memory traffic. Same sum, other rounding order.
 """
 
 from __future__ import annotations
@@ -102,6 +107,44 @@ class PathStats:
     """‖Σ Δf̃_i · g_{i−1} / w_i‖: the loss-gradient part of the vector."""
 
 
+class _DeferredSum:
+    """``target += c·v`` for each ``add(v, c)``; a v that is a row of a deferred matrix waits,
+    and a run of consecutive rows of one block is added in one ``addmv`` when the block's last
+    row arrives or ``drain`` is called. Anything else (another vector, a row out of turn) first
+    drains what waits, so the sum is always the one asked for."""
+
+    def __init__(self, target: torch.Tensor) -> None:
+        self.target = target
+        self._run: tuple[torch.Tensor, int, int, list[float]] | None = None  # matrix, block, first row, coefs
+
+    def add(self, vector: torch.Tensor, coef: float, where: tuple[torch.Tensor, int, int] | None) -> None:
+        if where is None:
+            self.drain()
+            self.target.add_(vector, alpha=coef)
+            return
+        matrix, block, row = where
+        run = self._run
+        if run is not None and (run[0] is not matrix or row != run[2] + len(run[3])):
+            self.drain()
+            run = None
+        if run is None:
+            run = self._run = (matrix, block, row, [])
+        run[3].append(coef)
+        if (row + 1) % block == 0:
+            self.drain()
+
+    def drain(self) -> None:
+        if self._run is None:
+            return
+        matrix, _block, first, coefs = self._run
+        self._run = None
+        if len(coefs) == 1:
+            self.target.add_(matrix[first], alpha=coefs[0])
+        else:
+            c = torch.tensor(coefs, dtype=self.target.dtype, device=self.target.device)
+            self.target.addmv_(matrix[first:first + len(coefs)].t(), c)
+
+
 class PathAccumulator:
     """Reduces one task's gradient path into a single vector, one step at a time.
 
@@ -146,11 +189,42 @@ class PathAccumulator:
         self._param_part = make()  # Σ Δθ_i / w_i (length metric only; energy telescopes)
         self._first_params = make()  # energy: θ at the start of the segment, Σ Δθ_i = θ_last − this
         self._loss_part = make()  # Σ Δf̃_i · g_{i−1} / w_i
+        self._param_sum, self._loss_sum = _DeferredSum(self._param_part), _DeferredSum(self._loss_part)
+        self._deferred: list[tuple[torch.Tensor, int]] = []  # (matrix, block) from defer()
         self._prev_loss = 0.0
         self._has_prev = False
         self._last_params = self._prev_params  # θ of the last point: a copy, or observe_step's live θ
         self._form: str | None = None  # 'observe' or 'observe_step', fixed per task
         self._zero_stats()
+
+    def defer(self, rows: torch.Tensor, block: int) -> None:
+        """Let ``observe_step`` wait with the rows of ``rows`` (R × num_params, contiguous) it is
+        handed as Δθ_i or g_{i−1}, and add the rows of each block of ``block`` (rows 0…block−1,
+        block…2·block−1, …) in one matrix–vector product when the block's last row is handed
+        over, or at ``flush``, ``reset`` and any read of the parts.
+
+        The caller promises a row it handed over stays unchanged until then, as a loop does
+        that writes row u mod R at update u with R ≥ 2·block (``LeapInputs``)."""
+        if rows.dim() != 2 or rows.shape[1] != self.num_params or not rows.is_contiguous():
+            raise ValueError(f"defer needs a contiguous (rows, {self.num_params}) matrix, got {tuple(rows.shape)}")
+        if not 1 <= block <= rows.shape[0]:
+            raise ValueError(f"defer's block must be in [1, {rows.shape[0]}], got {block}")
+        if all(m is not rows for m, _ in self._deferred):
+            self._deferred.append((rows, block))
+
+    def _row_of(self, vector: torch.Tensor) -> tuple[torch.Tensor, int, int] | None:
+        """(matrix, block, row) when ``vector`` is a row of a deferred matrix, else None."""
+        for matrix, block in self._deferred:
+            offset = vector.data_ptr() - matrix.data_ptr()
+            size = self.num_params * matrix.element_size()
+            if (0 <= offset < matrix.shape[0] * size and offset % size == 0 and vector.is_contiguous()
+                    and vector.dtype == matrix.dtype == self._loss_part.dtype):
+                return matrix, block, offset // size
+        return None
+
+    def _drain(self) -> None:
+        self._param_sum.drain()
+        self._loss_sum.drain()
 
     def _zero_stats(self) -> None:
         self._increments = 0
@@ -224,9 +298,9 @@ class PathAccumulator:
         weight = 1.0 if cfg.metric == "energy" else max(length, cfg.eps)
 
         if not self._telescopes:
-            self._param_part.add_(delta_theta, alpha=1.0 / weight)
+            self._param_sum.add(delta_theta, 1.0 / weight, self._row_of(delta_theta))
         if loss_term != 0.0:
-            self._loss_part.add_(prev_grad, alpha=loss_term / (weight * prev_grad_scale))
+            self._loss_sum.add(prev_grad, loss_term / (weight * prev_grad_scale), self._row_of(prev_grad))
 
         self._increments += 1
         self._path_length += length
@@ -240,6 +314,7 @@ class PathAccumulator:
     @property
     def param_part(self) -> torch.Tensor:
         """Σ Δθ_i / w_i since the last flush (read-only; valid until the next call)."""
+        self._drain()
         if self._telescopes:
             if self._increments == 0:
                 return self._param_part  # zeros: no pair since the last flush
@@ -249,6 +324,7 @@ class PathAccumulator:
     @property
     def loss_part(self) -> torch.Tensor:
         """Σ Δf̃_i · g_{i−1} / w_i since the last flush (read-only view)."""
+        self._drain()
         return self._loss_part
 
     def stats(self) -> PathStats:
@@ -259,7 +335,7 @@ class PathAccumulator:
             step_norm_sum=self._step_norm_sum,
             abs_loss_change_sum=self._abs_loss_change_sum,
             param_part_norm=float(torch.linalg.vector_norm(self.param_part)),
-            loss_part_norm=float(torch.linalg.vector_norm(self._loss_part)),
+            loss_part_norm=float(torch.linalg.vector_norm(self.loss_part)),
         )
 
     def flush(self) -> torch.Tensor:
@@ -268,7 +344,7 @@ class PathAccumulator:
         The previous point is kept, so the next increment pairs it with the next observe().
         After ``observe_step``, call it before the optimizer moves θ (energy reads θ_last live).
         """
-        vector = self.param_part + self._loss_part
+        vector = self.param_part + self.loss_part
         self._param_part.zero_()
         self._loss_part.zero_()
         if self._telescopes:

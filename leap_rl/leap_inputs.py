@@ -5,7 +5,8 @@ raw g_{i−1}. The loop already has both vectors if it keeps them in the right p
 optimizer writes the step it adds to the encoder into a buffer (``optim``'s ``step_out``), and
 the encoder's gradient alternates between two buffers, so g_{i−1} is still there (clipped in
 place, by a factor known exactly) while backward writes g_i. That takes Leap to its memory
-floor: about one axpy per update under energy (``leap-rl bench`` measures it).
+floor: about one axpy per update under energy (``leap-rl bench`` measures it), less when the
+accumulator adds the rows a block at a time (``PathAccumulator.defer``).
 """
 
 from __future__ import annotations
@@ -53,19 +54,34 @@ def clip_gradients(model: ActorCritic, max_norm: float) -> float:
     return float(torch.clamp(max_norm / (total + 1e-6), max=1.0))
 
 
+DEFER_BLOCK = 4
+"""Gradients (and, under the length metric, steps) Leap adds in one matrix–vector product.
+Measured on this project's machines (``leap-rl bench``, BENCH.md round 4): a block of 4 cuts the
+accumulator's traffic to about half an axpy per vector; 8 gains nothing more. Twice this many
+rows of each are kept, so that a block waits while the next is written."""
+
+
 class LeapInputs:
     """What the loop hands ``PathAccumulator.observe_step`` every update, held without copies.
 
-    - The encoder's ``.grad`` tensors are views of one of two flat buffers, alternating every
-      update: backward writes g_i into one while the other still holds g_{i−1}, scaled in place
-      by the clipping factor c_{i−1} that the accumulator divides back out (a scalar).
-    - ``step`` is where the optimizer writes Δθ, the step it adds to the encoder
-      (``optim.inner_optimizer(..., step_out=inputs.step_out(model))``).
+    - The encoder's ``.grad`` tensors are views of one row of ``grads`` (2·DEFER_BLOCK rows),
+      the next row every update: backward writes g_i into its row while g_{i−1} (and the
+      gradients before it that Leap has not added yet) stay in theirs, scaled in place by the
+      clipping factor, which the accumulator divides back out (a scalar).
+    - ``steps``: where the optimizer writes Δθ, the step it adds to the encoder
+      (``optim.inner_optimizer(..., step_out=inputs.step_out(model))``). Under the length
+      metric Leap adds the steps too, so they take turns in rows like the gradients; under
+      energy only the step's norm is read and one row serves.
+    - The accumulator is told (``PathAccumulator.defer``) that it may add the rows a block at a
+      time: a row is rewritten 2·DEFER_BLOCK updates after it was written, and a block is
+      added at the latest when its last row is handed over.
     """
 
-    def __init__(self, num_params: int, device: torch.device | str = "cpu") -> None:
-        self.grads = (torch.zeros(num_params, device=device), torch.zeros(num_params, device=device))
-        self.step = torch.zeros(num_params, device=device)
+    def __init__(self, num_params: int, device: torch.device | str = "cpu", step_rows: bool = False) -> None:
+        rows = 2 * DEFER_BLOCK
+        self.grads = torch.zeros(rows, num_params, device=device)
+        self.steps = torch.zeros(rows if step_rows else 1, num_params, device=device)
+        self._step_views: list[dict[torch.nn.Parameter, torch.Tensor]] | None = None
         self.start_task()
 
     def start_task(self) -> None:
@@ -73,37 +89,54 @@ class LeapInputs:
         self._prev_scale = 1.0
 
     def step_out(self, model: ActorCritic) -> dict[torch.nn.Parameter, torch.Tensor]:
-        return encoder_views(model, self.step)
+        """The encoder's step views for the optimizer (``step_out``); ``observe`` moves it on to
+        the next row of ``steps`` every update."""
+        self._step_views = [encoder_views(model, row) for row in self.steps]
+        return self._step_views[0]
+
+    def _row(self, rows: torch.Tensor, update: int) -> torch.Tensor:
+        return rows[update % rows.shape[0]]
 
     @property
     def grad(self) -> torch.Tensor:
         """The buffer this update's raw encoder gradient goes to."""
-        return self.grads[self._updates % 2]
+        return self._row(self.grads, self._updates)
+
+    @property
+    def step(self) -> torch.Tensor:
+        """The buffer this update's optimizer step goes to (Δθ_{i+1}, read at the next point)."""
+        return self._row(self.steps, self._updates)
 
     def bind(self, model: ActorCritic) -> None:
         """Before an update's zero_grad and backward: the encoder's ``.grad`` → ``self.grad``
-        (zero_grad zeroes it: it held g_{i−2}, which Leap no longer needs)."""
+        (zero_grad zeroes it: it held a gradient Leap has added already)."""
         for p, view in encoder_views(model, self.grad).items():
             p.grad = view
 
     def observe(self, acc: PathAccumulator, loss: float, model: ActorCritic,
                 optimizer: torch.optim.Optimizer) -> None:
-        """After backward, before clipping: the point (θ_i, f_i) with Δθ_i and g_{i−1}."""
+        """After backward, before clipping: the point (θ_i, f_i) with Δθ_i and g_{i−1}; then
+        points the optimizer's step output at this update's row."""
         first = next(model.encoder.parameters())
         if first.grad is None or first.grad.data_ptr() != self.grad.data_ptr():
             raise RuntimeError("the encoder's gradients no longer live in the Leap buffer "
                                "(were they set to None?)")
+        out = getattr(optimizer, "step_out", {}).get(first)
+        if self._step_views is None or out is None or all(out.data_ptr() != row.data_ptr() for row in self.steps):
+            raise RuntimeError("the optimizer does not write the encoder's steps into LeapInputs.steps: "
+                               "make it with inner_optimizer(..., step_out=inputs.step_out(model))")
         if self._updates == 0:
-            out = getattr(optimizer, "step_out", {}).get(first)
-            if out is None or out.data_ptr() != self.step.data_ptr():
-                raise RuntimeError("the optimizer does not write the encoder's steps into LeapInputs.step: "
-                                   "make it with inner_optimizer(..., step_out=inputs.step_out(model))")
+            acc.defer(self.grads, DEFER_BLOCK)
+            if self.steps.shape[0] > 1:
+                acc.defer(self.steps, DEFER_BLOCK)
             acc.observe_step(loss, model.encoder_flat, None, None)
         else:
-            acc.observe_step(loss, model.encoder_flat, self.step, self.grads[(self._updates - 1) % 2],
-                             self._prev_scale)
+            previous = self._updates - 1
+            acc.observe_step(loss, model.encoder_flat, self._row(self.steps, previous),
+                             self._row(self.grads, previous), self._prev_scale)
+        optimizer.step_out = self._step_views[self._updates % len(self._step_views)]
 
     def clipped(self, scale: float) -> None:
-        """The update's gradient was scaled by ``scale``; the next update writes the other buffer."""
+        """The update's gradient was scaled by ``scale``; the next update writes the next rows."""
         self._prev_scale = scale
         self._updates += 1

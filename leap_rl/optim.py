@@ -42,7 +42,8 @@ class _RMSpropBase(torch.optim.Optimizer):
                  eps: float = 1e-8, step_out: StepOut | None = None) -> None:
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps))
         self.step_out = dict(step_out or {})
-        """parameter → a tensor of its shape that each step() overwrites with the step it adds."""
+        """parameter → a tensor of its shape that each step() overwrites with the step it adds
+        (the mapping may be replaced between steps: ``LeapInputs`` moves it along a ring)."""
 
     def _denominator(self, square_avg: torch.Tensor, eps: float) -> torch.Tensor:
         raise NotImplementedError

@@ -286,7 +286,7 @@ class TaskRunner:
         self.device = resolve_device(cfg.runtime.device)
         n = encoder_size(cfg.model)
         self.accumulator = PathAccumulator(n, cfg.leap, device=self.device)
-        self.inputs = LeapInputs(n, device=self.device)
+        self.inputs = LeapInputs(n, device=self.device, step_rows=cfg.leap.metric == "length")
         self._task_param_part = torch.zeros(n, device=self.device)
         self._task_loss_part = torch.zeros(n, device=self.device)
 

@@ -767,3 +767,71 @@ def test_meta_learning_shortens_paths_on_new_tasks(metric):
     # φ moved towards the family's optima.
     center = torch.from_numpy(family.center).float()
     assert torch.linalg.vector_norm(learner.phi.detach() - center) < 0.5 * torch.linalg.vector_norm(phi0 - center)
+
+
+def drive_observe_step_in_rows(acc: PathAccumulator, points, flush_every: int, scales, block: int) -> torch.Tensor:
+    """``drive_observe_step`` with the buffers of ``LeapInputs``: gradients and steps written
+    into row u mod 2·block of two matrices at update u, and the accumulator told to defer."""
+    n, rows = acc.num_params, 2 * block
+    theta = torch.from_numpy(points[0][1].copy())
+    steps = torch.zeros(rows, n, dtype=torch.float64)
+    grads = torch.zeros(rows, n, dtype=torch.float64)
+    acc.defer(grads, block)
+    acc.defer(steps, block)
+    total = torch.zeros(n, dtype=torch.float64)
+    for i, (f, _th, g) in enumerate(points):
+        grads[i % rows].copy_(torch.from_numpy(g))
+        if i == 0:
+            acc.observe_step(f, theta, None, None)
+        else:
+            acc.observe_step(f, theta, steps[(i - 1) % rows], grads[(i - 1) % rows], scales[i - 1])
+        if i % flush_every == flush_every - 1:
+            total += acc.flush()
+        grads[i % rows].mul_(scales[i])
+        if i + 1 < len(points):
+            steps[i % rows].copy_(torch.from_numpy(points[i + 1][1] - theta.numpy()))
+            theta.add_(steps[i % rows])
+    return total + acc.flush()
+
+
+@pytest.mark.parametrize("metric,loss,stabilizer", COMBOS, ids=COMBO_IDS)
+def test_deferred_rows_give_the_naive_reference(metric, loss, stabilizer):
+    """Adding the gradient and step rows a block at a time (one addmv) is the same LEAP.md §2
+    sum, whatever the block and wherever the flushes fall (mid-block included)."""
+    rng = np.random.default_rng(2468)
+    n, K = 7, 31
+    points = random_points(rng, K, n)
+    scales = rng.uniform(0.05, 1.0, size=K)
+    expected = reference_H(points, metric, loss, stabilizer)
+    for block in (1, 3, 4):
+        for flush_every in (5, 1, 10 ** 6):
+            acc = make_acc(n, metric, loss, stabilizer)
+            total = drive_observe_step_in_rows(acc, points, flush_every, scales, block)
+            np.testing.assert_allclose(-total.numpy(), expected, rtol=1e-10, atol=1e-12)
+
+
+def test_deferred_rows_wait_for_the_end_of_their_block():
+    """The accumulator is not touched until a block's last row arrives, then holds the block's sum."""
+    acc = make_acc(3, "energy", True, False)
+    grads = torch.zeros(4, 3, dtype=torch.float64)
+    acc.defer(grads, 2)
+    theta = torch.zeros(3, dtype=torch.float64)
+    step = torch.zeros(3, dtype=torch.float64)
+    acc.observe_step(1.0, theta, None, None)
+    grads[0].copy_(torch.tensor([1.0, 2.0, 3.0]))
+    acc.observe_step(3.0, theta, step, grads[0])  # Δf = 2: waits (row 0 of the block 0–1)
+    assert torch.count_nonzero(acc._loss_part) == 0
+    grads[1].copy_(torch.tensor([1.0, 0.0, 0.0]))
+    acc.observe_step(2.0, theta, step, grads[1])  # Δf = −1: the block is complete
+    assert acc._loss_part.tolist() == [1.0, 4.0, 6.0]  # 2·g_0 − 1·g_1
+    grads[2].copy_(torch.tensor([0.0, 0.0, 1.0]))
+    acc.observe_step(6.0, theta, step, grads[2])  # Δf = 4: waits until read
+    assert acc.loss_part.tolist() == [1.0, 4.0, 10.0]
+
+
+def test_defer_refuses_a_matrix_of_the_wrong_shape():
+    acc = make_acc(3, "energy", True, True)
+    with pytest.raises(ValueError, match="contiguous"):
+        acc.defer(torch.zeros(4, 5), 2)
+    with pytest.raises(ValueError, match="block"):
+        acc.defer(torch.zeros(4, 3), 5)
