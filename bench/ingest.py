@@ -18,7 +18,7 @@ def _segment_template(cfg: RunConfig, network: str) -> Segment:
 
     n = encoder_size(dataclasses.replace(cfg.model, network=network))
     vector = torch.randn(n, generator=torch.Generator().manual_seed(0)) * 1e-3
-    stats = PathStats(cfg.meta.segment_every, 1.0, 1.0, 1.0, 1.0, 1.0)
+    stats = PathStats(cfg.meta.segment_every, 1.0, 1.0, cfg.meta.segment_every, 1.0, 1.0, 1.0)
     return Segment("ingest", "bench", 0, 0, vector, stats, False, 0)
 
 

@@ -77,10 +77,15 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
     # --- limits and the loop, interleaved ``repeat`` times so that load changes hit all alike
     echo("frames for the stored batch ...")
     frames = sample_frames(cfg, game, T)
-    envs, acts, ups, leaps, loops, overlapped = [], [], [], [], [], []
+    envs, acts, ups, leaps, loops, overlapped, two_core = [], [], [], [], [], [], []
     loop_steps = 0
     serial_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, overlap=False))
     overlap_cfg = dataclasses.replace(cfg, env=dataclasses.replace(cfg.env, overlap=True))
+    # the envs idle during an update: with a second core the update can have it
+    update_threads = 2 * opts.torch_threads
+    two_core_cfg = dataclasses.replace(overlap_cfg, runtime=dataclasses.replace(cfg.runtime,
+                                                                                 update_threads=update_threads))
+    two_cores = (os.cpu_count() or 1) >= update_threads
     for r in range(opts.repeat):
         echo(f"[{r + 1}/{opts.repeat}] env stepping alone ...")
         envs.append(bench_env(cfg, game, secs))
@@ -97,6 +102,9 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
         if N >= 2:
             echo(f"[{r + 1}/{opts.repeat}] single-worker loop, env stepping overlapped (env.overlap) ...")
             overlapped.append(bench_loop(overlap_cfg, game, loop_steps))
+            if two_cores:
+                echo(f"[{r + 1}/{opts.repeat}] the same, the update on {update_threads} threads ...")
+                two_core.append(bench_loop(two_core_cfg, game, loop_steps))
 
     env_w, env_c = median_timing(envs, N)
     act_w, act_c = median_timing(acts, N)
@@ -124,6 +132,12 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
         ov_c = statistics.median(lp.timing.rate(lp.env_steps, "cpu") for lp in overlapped)
         out["loop_overlap"] = {"env_steps_per_s": ov_w, "env_steps_per_cpu_s": ov_c,
                                "fraction_of_limit": ov_w / lim_w, "over_serial_loop": ov_w / loop_w}
+    if two_core:
+        tc_w = statistics.median(lp.timing.rate(lp.env_steps, "wall") for lp in two_core)
+        tc_c = statistics.median(lp.timing.rate(lp.env_steps, "cpu") for lp in two_core)
+        out["loop_overlap_update_threads"] = {"update_threads": update_threads, "env_steps_per_s": tc_w,
+                                              "env_steps_per_cpu_s": tc_c, "fraction_of_limit": tc_w / lim_w,
+                                              "over_serial_loop": tc_w / loop_w}
     echo("task setup (env creation, seeded reset) ...")
     out["task_setup"] = bench_env_setup(cfg, game)
 
@@ -147,8 +161,9 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
                                                                   for _ in range(opts.repeat)))
         step_outs = [bench_step_out(n, secs / 4) for _ in range(opts.repeat)]
         axpy = statistics.median(1e3 * t.wall / t.iters for t in axpys)
+        # per update: with leap.path_stats_every = n the step is written out every n-th update
         step_out_extra = statistics.median(1e3 * (kept.wall / kept.iters - fused.wall / fused.iters)
-                                           for fused, kept in step_outs)
+                                           for fused, kept in step_outs) / cfg.leap.path_stats_every
         up, leap, ref = ms("update", "wall"), ms("leap", "wall"), ms("reference", "wall")
         up_c, leap_c, ref_c = ms("update", "cpu"), ms("leap", "cpu"), ms("reference", "cpu")
         overhead[network] = {
@@ -165,6 +180,7 @@ def run_bench(opts: BenchOptions, echo: Echo = lambda line: None) -> dict:
         }
     out["leap_overhead"] = overhead
     out["leap_metric"] = cfg.leap.metric
+    out["leap_path_stats_every"] = cfg.leap.path_stats_every
 
     # --- learner ingest, in process
     ingest: dict[str, Any] = {}

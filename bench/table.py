@@ -33,13 +33,19 @@ def format_table(res: dict) -> str:
         ov = res["loop_overlap"]
         row("  the same, env stepping overlapped (env.overlap)", ov["env_steps_per_s"], ov["env_steps_per_cpu_s"],
             f"{100 * ov['fraction_of_limit']:.1f} % of limit, {ov['over_serial_loop']:.2f}x the loop")
+    if "loop_overlap_update_threads" in res:
+        tc = res["loop_overlap_update_threads"]
+        row(f"  the same, the update on {tc['update_threads']} threads (runtime.update_threads)",
+            tc["env_steps_per_s"], tc["env_steps_per_cpu_s"],
+            f"{100 * tc['fraction_of_limit']:.1f} % of limit, {tc['over_serial_loop']:.2f}x the loop")
     row(f"  the whole call ({lp['whole_call_env_steps']} steps, env and model creation included)",
         lp["whole_call_env_steps_per_s"], lp["whole_call_env_steps_per_cpu_s"])
     su = res["task_setup"]
     lines.append(f"  task setup: make_vec_env {su['make_vec_env_s']:.2f} s ({su['make_vec_env_cpu_s']:.2f} CPU-s), "
                  f"then the seeded reset {su['seeded_reset_s']:.2f} s ({su['seeded_reset_cpu_s']:.2f} CPU-s)")
     lines.append("")
-    title = f"Leap per update ({res['leap_metric']} metric)"
+    every = res.get("leap_path_stats_every", 1)
+    title = f"Leap per update ({res['leap_metric']} metric{f', ‖Δθ‖ every {every}' if every > 1 else ''})"
     lines.append(f"{title:<52}{'update ms':>14}{'Leap ms':>12}  fraction wall; CPU | in axpys: "
                  f"observe_step + the optimizer's step-out = total (the reference observe)")
     for net, o in res["leap_overhead"].items():

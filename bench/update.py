@@ -39,8 +39,9 @@ class _TimedAccumulator:
     ``observe_step`` first, with the buffers as cold in the caches as the loop has them; then
     the reference ``observe`` on the same point, into an accumulator of its own."""
 
-    def __init__(self, acc: PathAccumulator, inputs: LeapInputs) -> None:
-        self.acc, self.inputs = acc, inputs
+    def __init__(self, acc: PathAccumulator, inputs: LeapInputs, model: ActorCritic,
+                 optimizer: torch.optim.Optimizer) -> None:
+        self.acc, self.inputs, self.model, self.optimizer = acc, inputs, model, optimizer
         self.reference = PathAccumulator(acc.num_params, acc.config)
         self.sums = {"leap": [0.0, 0.0], "reference": [0.0, 0.0]}  # [wall, cpu]
 
@@ -70,6 +71,7 @@ class _TimedAccumulator:
         self.acc.reset()
         self.reference.reset()
         self.inputs.start_task()
+        self.optimizer.step_out = self.inputs.step_out(self.model)  # a task's optimizer starts at row 0
 
 
 def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float) -> UpdateTiming:
@@ -82,9 +84,9 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
     n_act = num_actions(game, cfg.env.full_action_space)
     model = ActorCritic(cfg.model, n_act)
     n = model.encoder_flat.numel()
-    inputs = LeapInputs(n, step_rows=cfg.leap.metric == "length")
+    inputs = LeapInputs(n, cfg.leap)
     optimizer = inner_optimizer(model.parameters(), a2c, step_out=inputs.step_out(model))
-    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), inputs)
+    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), inputs, model, optimizer)
     rng = torch.Generator().manual_seed(cfg.seed)
     rollout = Rollout(
         obs=frames[:T].contiguous(),

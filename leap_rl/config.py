@@ -195,6 +195,11 @@ class RuntimeConfig:
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     torch_threads: int = 1
     """Per process. 2 processes × 2 threads ran 5–10× slower than 2 × 1 here (PLATFORM.md)."""
+    update_threads: int = 0
+    """torch threads of a task during its A2C update; 0: ``torch_threads``. The envs' C++
+    threads have nothing to do during an update, so a worker given 2 cores can give the update
+    both while acting keeps ``torch_threads`` beside the env threads. The update's reductions
+    then split differently: a seed's results differ from a 1-thread run by float rounding."""
     log_every: int = 100
     """A2C updates between two progress rows of a task."""
     dead_unit_probe: int = 64
@@ -230,6 +235,8 @@ class RuntimeConfig:
         _require(self.device in ("cpu", "cuda", "auto"), "runtime.device", "one of 'cpu', 'cuda', 'auto'",
                  self.device)
         _require(self.torch_threads >= 1, "runtime.torch_threads", "an integer ≥ 1", self.torch_threads)
+        _require(self.update_threads >= 0, "runtime.update_threads", "an integer ≥ 0 (0 = torch_threads)",
+                 self.update_threads)
         _require(self.log_every >= 1, "runtime.log_every", "an integer ≥ 1", self.log_every)
         _require(self.dead_unit_probe >= 1, "runtime.dead_unit_probe", "an integer ≥ 1", self.dead_unit_probe)
         _require(0 < self.dormant_tau < 1, "runtime.dormant_tau", "in (0, 1)", self.dormant_tau)

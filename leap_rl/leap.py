@@ -73,6 +73,12 @@ class LeapConfig:
     total with factor ``loss_smoothing``). The task computes f; the accumulator takes a float."""
     loss_smoothing: float = 0.9
     """'smoothed' only: f̄_i = β f̄_{i−1} + (1 − β) f_i with β = this, f̄_1 = f_1."""
+    path_stats_every: int = 1
+    """Energy only: measure ‖Δθ_i‖, which only the path statistics use under energy (the vector
+    telescopes), at every n-th point, and hold the last measured value in between (Δf̃_i is
+    exact at every point). The loop then writes Δθ out and reads it only on those updates, which takes
+    Leap from about 2 axpys per update to its floor of about one (docs/BENCH.md round 4).
+    The vector stays exact; 1 (the default) measures every step. Length needs every w_i."""
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
@@ -83,6 +89,11 @@ class LeapConfig:
             raise ValueError(f"leap.loss_smoothing must be in [0, 1), got {self.loss_smoothing!r}")
         if not self.eps > 0:
             raise ValueError(f"leap.eps must be > 0, got {self.eps!r}")
+        if not (isinstance(self.path_stats_every, int) and self.path_stats_every >= 1):
+            raise ValueError(f"leap.path_stats_every must be an integer ≥ 1, got {self.path_stats_every!r}")
+        if self.metric == "length" and self.path_stats_every != 1:
+            raise ValueError("leap.path_stats_every must be 1 with metric 'length' (every weight w_i needs "
+                             f"‖Δθ_i‖), got {self.path_stats_every!r}")
 
     @property
     def is_reptile(self) -> bool:
@@ -99,6 +110,9 @@ class PathStats:
     """Σ w_i: the quantity Leap lowers (for energy, Σ sqrt(Δf̃² + ‖Δθ‖²) is still reported)."""
     step_norm_sum: float
     """Σ ‖Δθ_i‖."""
+    measured_steps: int
+    """Increments whose ‖Δθ_i‖ was measured: all of them unless ``path_stats_every`` > 1, when
+    the others count the last measured ‖Δθ‖ in the two sums above."""
     abs_loss_change_sum: float
     """Σ |Δf_i|."""
     param_part_norm: float
@@ -192,6 +206,7 @@ class PathAccumulator:
         self._param_sum, self._loss_sum = _DeferredSum(self._param_part), _DeferredSum(self._loss_part)
         self._deferred: list[tuple[torch.Tensor, int]] = []  # (matrix, block) from defer()
         self._prev_loss = 0.0
+        self._held_step_norm = 0.0  # the last measured ‖Δθ‖ (path_stats_every > 1)
         self._has_prev = False
         self._last_params = self._prev_params  # θ of the last point: a copy, or observe_step's live θ
         self._form: str | None = None  # 'observe' or 'observe_step', fixed per task
@@ -228,6 +243,7 @@ class PathAccumulator:
 
     def _zero_stats(self) -> None:
         self._increments = 0
+        self._measured = 0
         self._path_length = 0.0
         self._step_norm_sum = 0.0
         self._abs_loss_change_sum = 0.0
@@ -251,7 +267,8 @@ class PathAccumulator:
         """Record the point (θ_i, f_i) from what the training loop already holds, copying nothing:
 
         - ``step``: Δθ_i, the step the optimizer added to θ since the previous point (None at
-          a task's first point);
+          a task's first point, and at points whose step is not measured when
+          ``path_stats_every`` > 1);
         - ``prev_grad``: a buffer still holding the raw g_{i−1}, since scaled in place by
           ``prev_grad_scale`` (gradient clipping's coefficient); None at the first point;
         - ``params``: θ_i, live. It is read at a segment's first point and by ``flush`` (and
@@ -261,8 +278,9 @@ class PathAccumulator:
         as computed, not the difference of two rounded θ)."""
         self._check(loss, "observe_step", params=params, grad=step if step is not None else prev_grad)
         if self._has_prev:
-            if step is None or prev_grad is None:
-                raise ValueError("observe_step needs the step and the previous gradient after the first point")
+            if prev_grad is None or (step is None and self.config.path_stats_every == 1):
+                raise ValueError("observe_step needs the step and the previous gradient after the first point"
+                                 " (the step may be None only with leap.path_stats_every > 1)")
             self._add_increment(loss, step, prev_grad, prev_grad_scale)
         elif self._telescopes:
             self._first_params.copy_(params)
@@ -282,9 +300,10 @@ class PathAccumulator:
             raise ValueError(f"{form}() after {self._form}() in one task: reset() between tasks")
         self._form = form
 
-    def _add_increment(self, loss: float, delta_theta: torch.Tensor, prev_grad: torch.Tensor,
+    def _add_increment(self, loss: float, delta_theta: torch.Tensor | None, prev_grad: torch.Tensor,
                        prev_grad_scale: float) -> None:
-        """Add (Δθ_i + Δf̃_i · g_{i−1}) / w_i, where g_{i−1} = prev_grad / prev_grad_scale."""
+        """Add (Δθ_i + Δf̃_i · g_{i−1}) / w_i, where g_{i−1} = prev_grad / prev_grad_scale.
+        ``delta_theta`` None: energy (w_i = 1, Δθ telescopes) with this step not measured."""
         cfg = self.config
         delta_loss = loss - self._prev_loss
         if not cfg.loss:
@@ -293,7 +312,10 @@ class PathAccumulator:
             loss_term = -abs(delta_loss)
         else:
             loss_term = delta_loss
-        step_norm = float(torch.linalg.vector_norm(delta_theta))
+        if delta_theta is not None:
+            self._held_step_norm = float(torch.linalg.vector_norm(delta_theta))
+            self._measured += 1
+        step_norm = self._held_step_norm
         length = math.sqrt(loss_term * loss_term + step_norm * step_norm)
         weight = 1.0 if cfg.metric == "energy" else max(length, cfg.eps)
 
@@ -333,6 +355,7 @@ class PathAccumulator:
             increments=self._increments,
             path_length=self._path_length,
             step_norm_sum=self._step_norm_sum,
+            measured_steps=self._measured,
             abs_loss_change_sum=self._abs_loss_change_sum,
             param_part_norm=float(torch.linalg.vector_norm(self.param_part)),
             loss_part_norm=float(torch.linalg.vector_norm(self.loss_part)),
@@ -356,6 +379,7 @@ class PathAccumulator:
         """A new task starts: forget the previous point and zero the accumulator."""
         self.flush()
         self._has_prev = False
+        self._held_step_norm = 0.0
         self._last_params = self._prev_params
         self._form = None
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from leap_rl.leap import PathAccumulator
+from leap_rl.leap import LeapConfig, PathAccumulator
 from leap_rl.models import ActorCritic
 
 
@@ -72,15 +72,18 @@ class LeapInputs:
       (``optim.inner_optimizer(..., step_out=inputs.step_out(model))``). Under the length
       metric Leap adds the steps too, so they take turns in rows like the gradients; under
       energy only the step's norm is read and one row serves.
+    - With ``leap.path_stats_every`` = n > 1 (energy), only every n-th step is written out
+      and handed over (the 1st, the (n+1)-th, …); the optimizer's fused step does the others.
     - The accumulator is told (``PathAccumulator.defer``) that it may add the rows a block at a
       time: a row is rewritten 2·DEFER_BLOCK updates after it was written, and a block is
       added at the latest when its last row is handed over.
     """
 
-    def __init__(self, num_params: int, device: torch.device | str = "cpu", step_rows: bool = False) -> None:
+    def __init__(self, num_params: int, leap: LeapConfig = LeapConfig(), device: torch.device | str = "cpu") -> None:
         rows = 2 * DEFER_BLOCK
         self.grads = torch.zeros(rows, num_params, device=device)
-        self.steps = torch.zeros(rows if step_rows else 1, num_params, device=device)
+        self.steps = torch.zeros(rows if leap.metric == "length" else 1, num_params, device=device)
+        self.stats_every = leap.path_stats_every
         self._step_views: list[dict[torch.nn.Parameter, torch.Tensor]] | None = None
         self.start_task()
 
@@ -121,20 +124,25 @@ class LeapInputs:
         if first.grad is None or first.grad.data_ptr() != self.grad.data_ptr():
             raise RuntimeError("the encoder's gradients no longer live in the Leap buffer "
                                "(were they set to None?)")
-        out = getattr(optimizer, "step_out", {}).get(first)
-        if self._step_views is None or out is None or all(out.data_ptr() != row.data_ptr() for row in self.steps):
-            raise RuntimeError("the optimizer does not write the encoder's steps into LeapInputs.steps: "
-                               "make it with inner_optimizer(..., step_out=inputs.step_out(model))")
-        if self._updates == 0:
+        u = self._updates
+        if u == 0:
+            out = getattr(optimizer, "step_out", {}).get(first)
+            if self._step_views is None or out is None or out.data_ptr() != self.steps[0].data_ptr():
+                raise RuntimeError("the optimizer does not write the encoder's steps into LeapInputs.steps: "
+                                   "make it with inner_optimizer(..., step_out=inputs.step_out(model))")
             acc.defer(self.grads, DEFER_BLOCK)
             if self.steps.shape[0] > 1:
                 acc.defer(self.steps, DEFER_BLOCK)
             acc.observe_step(loss, model.encoder_flat, None, None)
         else:
-            previous = self._updates - 1
-            acc.observe_step(loss, model.encoder_flat, self._row(self.steps, previous),
-                             self._row(self.grads, previous), self._prev_scale)
-        optimizer.step_out = self._step_views[self._updates % len(self._step_views)]
+            step = self._row(self.steps, u - 1) if self._measured(u) else None
+            acc.observe_step(loss, model.encoder_flat, step, self._row(self.grads, u - 1), self._prev_scale)
+        # this update's step is Δθ at the next point: written out only if that one is measured
+        optimizer.step_out = self._step_views[u % len(self._step_views)] if self._measured(u + 1) else {}
+
+    def _measured(self, update: int) -> bool:
+        """Whether the point of ``update`` (≥ 1) is handed its step Δθ."""
+        return (update - 1) % self.stats_every == 0
 
     def clipped(self, scale: float) -> None:
         """The update's gradient was scaled by ``scale``; the next update writes the next rows."""

@@ -25,6 +25,7 @@ from leap_rl.leap_inputs import LeapInputs, clip_gradients
 from leap_rl.messages import Segment, TaskResult, TaskSpec
 from leap_rl.models import ActorCritic, as_training_batch, encoder_size
 from leap_rl.optim import inner_optimizer
+from leap_rl.threads import torch_threads
 
 SegmentCallback = Callable[[Segment], None]
 ProgressCallback = Callable[[dict], None]
@@ -286,7 +287,7 @@ class TaskRunner:
         self.device = resolve_device(cfg.runtime.device)
         n = encoder_size(cfg.model)
         self.accumulator = PathAccumulator(n, cfg.leap, device=self.device)
-        self.inputs = LeapInputs(n, device=self.device, step_rows=cfg.leap.metric == "length")
+        self.inputs = LeapInputs(n, cfg.leap, device=self.device)
         self._task_param_part = torch.zeros(n, device=self.device)
         self._task_loss_part = torch.zeros(n, device=self.device)
 
@@ -323,7 +324,8 @@ class TaskRunner:
                 last = update == num_updates
                 flush = (lambda: segments.emit(update, last)) \
                     if update % cfg.meta.segment_every == 0 or last else None
-                loss = a2c_update(model, optimizer, rollout, a2c, acc, inputs, leap_loss, before_step=flush)
+                with torch_threads(cfg.runtime.update_threads):
+                    loss = a2c_update(model, optimizer, rollout, a2c, acc, inputs, leap_loss, before_step=flush)
                 if loss is None:
                     diverged = True
                     break

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 
 def set_torch_threads(threads: int) -> None:
@@ -12,3 +14,19 @@ def set_torch_threads(threads: int) -> None:
 
     torch.set_num_threads(threads)
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
+
+
+@contextmanager
+def torch_threads(threads: int) -> Iterator[None]:
+    """torch's intra-op threads set to ``threads`` inside the block (0: left as they are)."""
+    import torch
+
+    before = torch.get_num_threads()
+    if threads in (0, before):
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -452,3 +452,54 @@ def test_encoder_without_its_fc_layer_is_the_convolutions_alone():
     assert all(s.vector.shape == (n,) for s in segments)
     assert np.array_equal(acc.points[0][1], phi.numpy())  # Leap's first θ is φ itself
     assert not np.array_equal(acc.points[-1][1], acc.points[0][1])  # and the convolutions train
+
+
+def test_update_threads_apply_to_the_update_only():
+    """runtime.update_threads: the update (where Leap observes) runs on that many torch threads,
+    acting and the rest of the loop on the process's own; 0 leaves them alone."""
+    torch.set_num_threads(1)
+    seen = {"update": set(), "outside": set()}
+
+    class ThreadsSeen(PathAccumulator):
+        def observe_step(self, *args, **kwargs):
+            seen["update"].add(torch.get_num_threads())
+            super().observe_step(*args, **kwargs)
+
+    for threads, want in ((2, {2}), (0, {1})):
+        seen["update"].clear()
+        cfg = small_config()
+        cfg = dataclasses.replace(cfg, runtime=dataclasses.replace(cfg.runtime, update_threads=threads, log_every=1))
+        runner = TaskRunner(cfg)
+        runner.accumulator = ThreadsSeen(runner.accumulator.num_params, cfg.leap)
+        runner.run(TaskSpec("t", "pong", 0, seed=1, env_steps=100), initial_encoder(cfg.model, 0),
+                   on_progress=lambda row: seen["outside"].add(torch.get_num_threads()))
+        assert seen["update"] == want
+    assert seen["outside"] == {1} and torch.get_num_threads() == 1
+
+
+def test_update_threads_must_not_be_negative():
+    with pytest.raises(ConfigError, match="runtime.update_threads"):
+        load("ci", None, ["runtime.update_threads=-1"])
+
+
+def test_path_stats_every_n_trains_the_same_agent_and_sends_the_same_vectors():
+    """Under energy, leap.path_stats_every = 4 writes Δθ out on every 4th update only: θ is the
+    fused RMSProp step's bit for bit, and the vectors Leap sends are the same; only the path
+    statistics measure fewer steps (the 1st, 5th, 9th, … increment of the task)."""
+    runs = {}
+    for every in (1, 4):
+        cfg = with_meta(small_config(), segment_every=6)
+        cfg = dataclasses.replace(cfg, leap=dataclasses.replace(cfg.leap, metric="energy", path_stats_every=every))
+        segments = []
+        result = TaskRunner(cfg).run(TaskSpec("t", "pong", 0, seed=2, env_steps=300),
+                                     initial_encoder(cfg.model, 0), segments.append, keep_encoder=True)
+        runs[every] = (result, segments)
+    (exact, exact_segments), (sampled, sampled_segments) = runs[1], runs[4]
+    assert torch.equal(exact.encoder, sampled.encoder)
+    assert torch.equal(torch.stack([s.vector for s in exact_segments]),
+                       torch.stack([s.vector for s in sampled_segments]))
+    increments = sum(s.stats.increments for s in sampled_segments)
+    assert increments == exact.updates - 1 == 14
+    assert [s.stats.measured_steps for s in exact_segments] == [s.stats.increments for s in exact_segments]
+    assert sum(s.stats.measured_steps for s in sampled_segments) == 4  # increments 1, 5, 9, 13
+    assert sampled.path_length > 0

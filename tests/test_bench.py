@@ -63,6 +63,10 @@ def test_bench_on_a_tiny_budget_writes_table_and_json(tmp_path, capsys):
     assert positive(ov["env_steps_per_s"])
     assert ov["fraction_of_limit"] == pytest.approx(ov["env_steps_per_s"] / wall["limit"])
     assert ov["over_serial_loop"] == pytest.approx(ov["env_steps_per_s"] / loop["env_steps_per_s"])
+    two = res["loop_overlap_update_threads"]  # these machines have 2 cores: the update gets both
+    assert two["update_threads"] == 2 and positive(two["env_steps_per_s"])
+    assert two["fraction_of_limit"] == pytest.approx(two["env_steps_per_s"] / wall["limit"])
+    assert "the update on 2 threads (runtime.update_threads)" in table
     whole = loop["whole_call_env_steps"]
     assert whole % (N * T) == 0 and whole >= 4 * N * T
     assert loop["env_steps_timed"] == whole - N * T

@@ -83,7 +83,7 @@ def observe(acc: PathAccumulator, point) -> None:
 
 
 def stats(increments=1, path_length=1.0) -> PathStats:
-    return PathStats(increments=increments, path_length=path_length, step_norm_sum=0.0,
+    return PathStats(increments=increments, path_length=path_length, step_norm_sum=0.0, measured_steps=increments,
                      abs_loss_change_sum=0.0, param_part_norm=0.0, loss_part_norm=0.0)
 
 
@@ -835,3 +835,52 @@ def test_defer_refuses_a_matrix_of_the_wrong_shape():
         acc.defer(torch.zeros(4, 5), 2)
     with pytest.raises(ValueError, match="block"):
         acc.defer(torch.zeros(4, 3), 5)
+
+
+def test_energy_path_stats_every_n_keeps_the_vector_and_holds_the_step_norm():
+    """leap.path_stats_every = 3 under energy: the step is handed over at points 1, 4, 7, …
+    only; the vector is the exact one, and the path statistics count the last measured
+    ‖Δθ‖ at the other points, with Δf̃ exact at every point."""
+    rng = np.random.default_rng(77)
+    n, K, every = 6, 14, 3
+    points = random_points(rng, K, n)
+    for loss, stabilizer in ((True, True), (True, False), (False, False)):
+        acc = PathAccumulator(n, LeapConfig(metric="energy", loss=loss, stabilizer=stabilizer,
+                                            path_stats_every=every), dtype=torch.float64)
+        theta = torch.from_numpy(points[0][1].copy())
+        grads = [torch.from_numpy(p[2].copy()) for p in points]
+        seen = []
+        for i, (f, th, _g) in enumerate(points):
+            theta.copy_(torch.from_numpy(th))
+            if i == 0:
+                acc.observe_step(f, theta, None, None)
+                continue
+            step = torch.from_numpy(th - points[i - 1][1]) if (i - 1) % every == 0 else None
+            acc.observe_step(f, theta, step, grads[i - 1])
+            if i == 7:  # a flush mid-task keeps the held norm
+                seen.append(acc.stats())
+                total = acc.flush()
+        seen.append(acc.stats())
+        total = total + acc.flush()
+        np.testing.assert_allclose(-total.numpy(), reference_H(points, "energy", loss, stabilizer),
+                                   rtol=1e-10, atol=1e-12)
+        held, lengths, norms = 0.0, [], []
+        for i, (_h, dth, _df, dft, _w) in enumerate(reference_increments(points, "energy", loss, stabilizer)):
+            if i % every == 0:
+                held = float(np.linalg.norm(dth))
+            norms.append(held)
+            lengths.append(float(np.hypot(dft, held)))
+        assert [s.increments for s in seen] == [7, 6] and [s.measured_steps for s in seen] == [3, 2]
+        assert seen[0].path_length + seen[1].path_length == pytest.approx(sum(lengths), rel=1e-12)
+        assert seen[1].step_norm_sum == pytest.approx(sum(norms[7:]), rel=1e-12)
+
+
+def test_path_stats_every_is_refused_with_length_and_below_one():
+    with pytest.raises(ValueError, match="path_stats_every must be 1 with metric 'length'"):
+        LeapConfig(metric="length", path_stats_every=2)
+    with pytest.raises(ValueError, match="path_stats_every must be an integer ≥ 1"):
+        LeapConfig(metric="energy", path_stats_every=0)
+    acc = PathAccumulator(3, LeapConfig(metric="energy"))
+    acc.observe_step(1.0, torch.zeros(3), None, None)
+    with pytest.raises(ValueError, match="path_stats_every > 1"):
+        acc.observe_step(2.0, torch.zeros(3), None, torch.zeros(3))

@@ -243,7 +243,7 @@ def test_bounded_unit_step_caps_exactly_the_units_over_the_bound():
 
 
 def _segment(task: str, vector: torch.Tensor) -> Segment:
-    return Segment(task, "pong", 0, 0, vector, PathStats(1, 1.0, 1.0, 0.0, 1.0, 0.0), True, 10)
+    return Segment(task, "pong", 0, 0, vector, PathStats(1, 1.0, 1.0, 1, 0.0, 1.0, 0.0), True, 10)
 
 
 def test_meta_step_with_guards_off_equals_the_plain_optimizer_step():
@@ -404,7 +404,7 @@ def test_loss_signal_is_the_f_leap_observes(signal):
     for name, leap_loss in (("default", None), (signal, LeapLoss(LeapConfig(loss_signal=signal)))):
         torch.manual_seed(0)
         model = ActorCritic(cfg.model, num_actions=3)
-        inputs = LeapInputs(model.encoder_flat.numel())
+        inputs = LeapInputs(model.encoder_flat.numel(), cfg.leap)
         optimizer = inner_optimizer(model.parameters(), cfg.a2c, step_out=inputs.step_out(model))
         acc = PathAccumulator(model.encoder_flat.numel(), cfg.leap)
         observed = []
