@@ -78,7 +78,8 @@ class LeapConfig:
     telescopes), at every n-th point, and hold the last measured value in between (Δf̃_i is
     exact at every point). The loop then writes Δθ out and reads it only on those updates, which takes
     Leap from about 2 axpys per update to its floor of about one (docs/BENCH.md round 4).
-    The vector stays exact; 1 (the default) measures every step. Length needs every w_i."""
+    The vector stays exact; 1 (the default) measures every step. Length needs every w_i. The
+    reference ``observe`` (RLlib's inner loop) always measures every step."""
 
     def __post_init__(self) -> None:
         if self.metric not in METRICS:
