@@ -14,7 +14,7 @@ from bench.timing import Timing, clocks, repeat
 from leap_rl.config import RunConfig
 from leap_rl.envs import num_actions
 from leap_rl.leap import PathAccumulator
-from leap_rl.leap_inputs import LeapInputs
+from leap_rl.leap_inputs import MEASURED_FIRST, LeapInputs
 from leap_rl.models import ActorCritic
 from leap_rl.optim import inner_optimizer
 from leap_rl.task import Rollout, a2c_update
@@ -39,9 +39,8 @@ class _TimedAccumulator:
     ``observe_step`` first, with the buffers as cold in the caches as the loop has them; then
     the reference ``observe`` on the same point, into an accumulator of its own."""
 
-    def __init__(self, acc: PathAccumulator, inputs: LeapInputs, model: ActorCritic,
-                 optimizer: torch.optim.Optimizer) -> None:
-        self.acc, self.inputs, self.model, self.optimizer = acc, inputs, model, optimizer
+    def __init__(self, acc: PathAccumulator, inputs: LeapInputs) -> None:
+        self.acc, self.inputs = acc, inputs
         self.reference = PathAccumulator(acc.num_params, acc.config)
         self.sums = {"leap": [0.0, 0.0], "reference": [0.0, 0.0]}  # [wall, cpu]
 
@@ -63,15 +62,14 @@ class _TimedAccumulator:
         self.acc.defer(rows, block)
 
     def restart(self) -> None:
-        """The model was restored: a new path starts (the bench's stand-in for a new task). The
-        accumulator's last block of deferred rows is added here: timed as Leap's."""
+        """The model was restored: a new path starts. The accumulator's last block of deferred
+        rows is added here, timed as Leap's. The loop's inputs go on counting updates, so the
+        bench times a long task's steady state (after ``leap_inputs.MEASURED_FIRST``)."""
         t0 = clocks()
         self.acc.loss_part, self.acc.param_part  # noqa: B018 (reading them adds what waits)
         self._add("leap", t0, clocks())
         self.acc.reset()
         self.reference.reset()
-        self.inputs.start_task()
-        self.optimizer.step_out = self.inputs.step_out(self.model)  # a task's optimizer starts at row 0
 
 
 def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float) -> UpdateTiming:
@@ -86,7 +84,7 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
     n = model.encoder_flat.numel()
     inputs = LeapInputs(n, cfg.leap)
     optimizer = inner_optimizer(model.parameters(), a2c, step_out=inputs.step_out(model))
-    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), inputs, model, optimizer)
+    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), inputs)
     rng = torch.Generator().manual_seed(cfg.seed)
     rollout = Rollout(
         obs=frames[:T].contiguous(),
@@ -112,7 +110,9 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
         total[0] += t1[0] - t0[0]
         total[1] += t1[1] - t0[1]
 
-    repeat(step, 0.0, warmup=2, min_iters=1)  # warm-up, then count only what follows
+    # warm-up (past a task's first updates, which measure every step), then count what follows
+    warmup = MEASURED_FIRST + 1 if cfg.leap.path_stats_every > 1 else 2
+    repeat(step, 0.0, warmup=warmup, min_iters=1)
     for v in (total, *acc.sums.values()):
         v[0] = v[1] = 0.0
     iters = repeat(step, seconds, warmup=0).iters

@@ -61,6 +61,13 @@ accumulator's traffic to about half an axpy per vector; 8 gains nothing more. Tw
 rows of each are kept, so that a block waits while the next is written."""
 
 
+MEASURED_FIRST = 25
+"""With ``leap.path_stats_every`` > 1, a task's first updates still measure every step: the
+first RMSProp steps are the largest by far (the very first about 30× a later one on the quick
+preset's Seaquest), so holding one of them over several updates overstates the path: by 23 %
+(n = 8) on that task without this window, 10 % with it (docs/BENCH.md round 4)."""
+
+
 class LeapInputs:
     """What the loop hands ``PathAccumulator.observe_step`` every update, held without copies.
 
@@ -72,8 +79,9 @@ class LeapInputs:
       (``optim.inner_optimizer(..., step_out=inputs.step_out(model))``). Under the length
       metric Leap adds the steps too, so they take turns in rows like the gradients; under
       energy only the step's norm is read and one row serves.
-    - With ``leap.path_stats_every`` = n > 1 (energy), only every n-th step is written out
-      and handed over (the 1st, the (n+1)-th, …); the optimizer's fused step does the others.
+    - With ``leap.path_stats_every`` = n > 1 (energy), after the task's first MEASURED_FIRST
+      updates only every n-th step is written out and handed over; the optimizer's fused step
+      does the others.
     - The accumulator is told (``PathAccumulator.defer``) that it may add the rows a block at a
       time: a row is rewritten 2·DEFER_BLOCK updates after it was written, and a block is
       added at the latest when its last row is handed over.
@@ -142,7 +150,7 @@ class LeapInputs:
 
     def _measured(self, update: int) -> bool:
         """Whether the point of ``update`` (≥ 1) is handed its step Δθ."""
-        return (update - 1) % self.stats_every == 0
+        return update <= MEASURED_FIRST or (update - 1) % self.stats_every == 0
 
     def clipped(self, scale: float) -> None:
         """The update's gradient was scaled by ``scale``; the next update writes the next rows."""

@@ -12,7 +12,7 @@ from leap_rl.a2c import (a2c_loss, clip_rewards, fold_in_time_limit_bootstrap, n
 from leap_rl.config import A2CConfig, ConfigError, ModelConfig, load, preset
 from leap_rl.envs import EpisodeTracker, make_vec_env
 from leap_rl.leap import PathAccumulator
-from leap_rl.leap_inputs import DEFER_BLOCK
+from leap_rl.leap_inputs import DEFER_BLOCK, MEASURED_FIRST
 from leap_rl.messages import TaskSpec
 from leap_rl.models import ActorCritic, as_training_batch, encoder_size, initial_encoder
 from leap_rl.task import TaskRunner
@@ -485,13 +485,13 @@ def test_update_threads_must_not_be_negative():
 def test_path_stats_every_n_trains_the_same_agent_and_sends_the_same_vectors():
     """Under energy, leap.path_stats_every = 4 writes Δθ out on every 4th update only: θ is the
     fused RMSProp step's bit for bit, and the vectors Leap sends are the same; only the path
-    statistics measure fewer steps (the 1st, 5th, 9th, … increment of the task)."""
+    statistics measure fewer steps: the task's first MEASURED_FIRST, then every 4th."""
     runs = {}
     for every in (1, 4):
         cfg = with_meta(small_config(), segment_every=6)
         cfg = dataclasses.replace(cfg, leap=dataclasses.replace(cfg.leap, metric="energy", path_stats_every=every))
         segments = []
-        result = TaskRunner(cfg).run(TaskSpec("t", "pong", 0, seed=2, env_steps=300),
+        result = TaskRunner(cfg).run(TaskSpec("t", "pong", 0, seed=2, env_steps=800),
                                      initial_encoder(cfg.model, 0), segments.append, keep_encoder=True)
         runs[every] = (result, segments)
     (exact, exact_segments), (sampled, sampled_segments) = runs[1], runs[4]
@@ -499,7 +499,7 @@ def test_path_stats_every_n_trains_the_same_agent_and_sends_the_same_vectors():
     assert torch.equal(torch.stack([s.vector for s in exact_segments]),
                        torch.stack([s.vector for s in sampled_segments]))
     increments = sum(s.stats.increments for s in sampled_segments)
-    assert increments == exact.updates - 1 == 14
+    assert increments == exact.updates - 1 == 39 and MEASURED_FIRST == 25
     assert [s.stats.measured_steps for s in exact_segments] == [s.stats.increments for s in exact_segments]
-    assert sum(s.stats.measured_steps for s in sampled_segments) == 4  # increments 1, 5, 9, 13
+    assert sum(s.stats.measured_steps for s in sampled_segments) == 25 + 3  # then points 29, 33, 37
     assert sampled.path_length > 0
