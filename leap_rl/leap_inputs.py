@@ -3,10 +3,10 @@
 ``PathAccumulator.observe_step`` needs, at the point θ_i: f_i, Δθ_i = θ_i − θ_{i−1} and the
 raw g_{i−1}. The loop already has both vectors if it keeps them in the right places: the
 optimizer writes the step it adds to the encoder into a buffer (``optim``'s ``step_out``), and
-the encoder's gradient alternates between two buffers, so g_{i−1} is still there (clipped in
-place, by a factor known exactly) while backward writes g_i. That takes Leap to its memory
-floor: about one axpy per update under energy (``leap-rl bench`` measures it), less when the
-accumulator adds the rows a block at a time (``PathAccumulator.defer``).
+the encoder's gradient moves to the next row of a small matrix every update, so g_{i−1} is
+still there (clipped in place, by a factor known exactly) while backward writes g_i. Nothing
+is copied, and the accumulator adds the rows a block at a time (``PathAccumulator.defer``):
+``leap-rl bench`` measures what is left in axpys (docs/BENCH.md rounds 3 and 4).
 """
 
 from __future__ import annotations
@@ -56,9 +56,9 @@ def clip_gradients(model: ActorCritic, max_norm: float) -> float:
 
 DEFER_BLOCK = 4
 """Gradients (and, under the length metric, steps) Leap adds in one matrix–vector product.
-Measured on this project's machines (``leap-rl bench``, BENCH.md round 4): a block of 4 cuts the
-accumulator's traffic to about half an axpy per vector; 8 gains nothing more. Twice this many
-rows of each are kept, so that a block waits while the next is written."""
+Measured on this project's machines (BENCH.md round 4): with blocks of 4 the adds cost about
+0.6–0.75 axpy per vector instead of about 1; blocks of 2 and of 8 measured worse. Twice this
+many rows of each are kept, so that a block waits while the next is written."""
 
 
 MEASURED_FIRST = 25
