@@ -27,7 +27,8 @@ class UpdateTiming:
     update: Timing
     """Bootstrap value, returns, forward, backward, clip, RMSProp step: everything but Leap."""
     leap: Timing
-    """``PathAccumulator.observe_step`` as the loop calls it (its memory floor)."""
+    """``PathAccumulator.observe_step`` as the loop calls it, and the ‖Δθ‖ that ``LeapInputs``
+    takes after the optimizer's step."""
     reference: Timing
     """``PathAccumulator.observe`` on the same points (the reference form, which copies θ and
     g): timed for comparison, the loop does not pay it."""
@@ -49,9 +50,10 @@ class _TimedAccumulator:
         self.sums[key][1] += b[1] - a[1]
 
     def observe_step(self, loss: float, params: torch.Tensor, step: torch.Tensor | None,
-                     prev_grad: torch.Tensor | None, prev_grad_scale: float = 1.0) -> None:
+                     prev_grad: torch.Tensor | None, prev_grad_scale: float = 1.0,
+                     step_norm: float | None = None) -> None:
         t0 = clocks()
-        self.acc.observe_step(loss, params, step, prev_grad, prev_grad_scale)
+        self.acc.observe_step(loss, params, step, prev_grad, prev_grad_scale, step_norm)
         t1 = clocks()
         self.reference.observe(loss, params, self.inputs.grad)  # g_i, raw: clipping comes next
         t2 = clocks()
@@ -72,6 +74,18 @@ class _TimedAccumulator:
         self.reference.reset()
 
 
+class _TimedInputs(LeapInputs):
+    """The loop's ``LeapInputs``; the ‖Δθ‖ it takes right after the optimizer's step is timed
+    as Leap's part too."""
+
+    timer: _TimedAccumulator
+
+    def stepped(self) -> None:
+        t0 = clocks()
+        super().stepped()
+        self.timer._add("leap", t0, clocks())
+
+
 def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float) -> UpdateTiming:
     """The loop's update (``task.a2c_update``, the very function ``TaskRunner.run`` calls, with
     its optimizer and Leap inputs) on a stored batch of ``unroll × num_envs`` frames, with
@@ -82,9 +96,9 @@ def bench_update(cfg: RunConfig, game: str, frames: torch.Tensor, seconds: float
     n_act = num_actions(game, cfg.env.full_action_space)
     model = ActorCritic(cfg.model, n_act)
     n = model.encoder_flat.numel()
-    inputs = LeapInputs(n, cfg.leap)
+    inputs = _TimedInputs(n, cfg.leap)
     optimizer = inner_optimizer(model.parameters(), a2c, step_out=inputs.step_out(model))
-    acc = _TimedAccumulator(PathAccumulator(n, cfg.leap), inputs)
+    acc = inputs.timer = _TimedAccumulator(PathAccumulator(n, cfg.leap), inputs)
     rng = torch.Generator().manual_seed(cfg.seed)
     rollout = Rollout(
         obs=frames[:T].contiguous(),
@@ -146,29 +160,31 @@ def bench_axpy(num_params: int, seconds: float, cold: bool = True) -> Timing:
 
 
 def bench_step_out(num_params: int, seconds: float) -> tuple[Timing, Timing]:
-    """The optimizer's last pass over θ two ways, on ``num_params`` floats from memory (a
-    rotation like the cold axpy's): PyTorch's fused ``θ.addcdiv_(g, d, value=-lr)``, and the
-    same arithmetic keeping the step for Leap (``torch.addcdiv(0, g, d, value=-lr, out=s)``;
-    ``θ.add_(s)``: optim.RMSprop's step_out). The difference is what writing Δθ out costs the optimizer: Leap's share of
+    """The optimizer's passes after v's update, two ways, on ``num_params`` floats from memory
+    (a rotation like the cold axpy's): PyTorch's ``d = sqrt(v) + eps; θ.addcdiv_(g, d, value=-lr)``,
+    and optim.RMSprop's with ``step_out``, which makes d in the step buffer s and overwrites it
+    with the step there (``sqrt(v, out=s) + eps``; ``addcdiv(0, g, s, value=-lr, out=s)``;
+    ``θ.add_(s)``). The difference is what writing Δθ out costs the optimizer: Leap's share of
     the update outside ``observe_step``."""
     sets = max(1, -(-COLD_BYTES // (16 * num_params)))
-    vectors = [(torch.zeros(num_params), torch.full((num_params,), 1e-3), torch.full((num_params,), 2.0),
+    vectors = [(torch.zeros(num_params), torch.full((num_params,), 1e-3), torch.full((num_params,), 4.0),
                 torch.zeros(num_params)) for _ in range(sets)]
-    lr = 1e-4
+    lr, eps = 1e-4, 1e-5
     i = 0
 
     def fused() -> None:
         nonlocal i
-        theta, g, d, _s = vectors[i % sets]
-        theta.addcdiv_(g, d, value=-lr)
+        theta, g, v, _s = vectors[i % sets]
+        theta.addcdiv_(g, v.sqrt().add_(eps), value=-lr)
         i += 1
 
     zero = torch.zeros(())
 
     def kept() -> None:
         nonlocal i
-        theta, g, d, s = vectors[i % sets]
-        torch.addcdiv(zero, g, d, value=-lr, out=s)
+        theta, g, v, s = vectors[i % sets]
+        torch.sqrt(v, out=s).add_(eps)
+        torch.addcdiv(zero, g, s, value=-lr, out=s)
         theta.add_(s)
         i += 1
 

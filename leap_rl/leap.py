@@ -268,7 +268,8 @@ class PathAccumulator:
         self._has_prev = True
 
     def observe_step(self, loss: float, params: torch.Tensor, step: torch.Tensor | None,
-                     prev_grad: torch.Tensor | None, prev_grad_scale: float = 1.0) -> None:
+                     prev_grad: torch.Tensor | None, prev_grad_scale: float = 1.0,
+                     step_norm: float | None = None) -> None:
         """Record the point (θ_i, f_i) from what the training loop already holds, copying nothing:
 
         - ``step``: Δθ_i, the step the optimizer added to θ since the previous point (None at
@@ -276,6 +277,8 @@ class PathAccumulator:
           ``path_stats_every`` > 1);
         - ``prev_grad``: a buffer still holding the raw g_{i−1}, since scaled in place by
           ``prev_grad_scale`` (gradient clipping's coefficient); None at the first point;
+        - ``step_norm``: ‖Δθ_i‖ if the caller already took it (then ``step`` is not read for
+          it; under energy it is not read at all);
         - ``params``: θ_i, live. It is read at a segment's first point and by ``flush`` (and
           ``param_part``), which therefore come before the optimizer moves θ again.
 
@@ -286,7 +289,7 @@ class PathAccumulator:
             if prev_grad is None or (step is None and self.config.path_stats_every == 1):
                 raise ValueError("observe_step needs the step and the previous gradient after the first point"
                                  " (the step may be None only with leap.path_stats_every > 1)")
-            self._add_increment(loss, step, prev_grad, prev_grad_scale)
+            self._add_increment(loss, step, prev_grad, prev_grad_scale, step_norm)
         elif self._telescopes:
             self._first_params.copy_(params)
         self._last_params = params
@@ -306,7 +309,7 @@ class PathAccumulator:
         self._form = form
 
     def _add_increment(self, loss: float, delta_theta: torch.Tensor | None, prev_grad: torch.Tensor,
-                       prev_grad_scale: float) -> None:
+                       prev_grad_scale: float, step_norm: float | None = None) -> None:
         """Add (Δθ_i + Δf̃_i · g_{i−1}) / w_i, where g_{i−1} = prev_grad / prev_grad_scale.
         ``delta_theta`` None: energy (w_i = 1, Δθ telescopes) with this step not measured."""
         cfg = self.config
@@ -318,7 +321,7 @@ class PathAccumulator:
         else:
             loss_term = delta_loss
         if delta_theta is not None:
-            self._held_step_norm = float(torch.linalg.vector_norm(delta_theta))
+            self._held_step_norm = float(torch.linalg.vector_norm(delta_theta)) if step_norm is None else step_norm
             self._measured += 1
         step_norm = self._held_step_norm
         length = math.sqrt(loss_term * loss_term + step_norm * step_norm)

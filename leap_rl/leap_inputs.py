@@ -98,6 +98,7 @@ class LeapInputs:
     def start_task(self) -> None:
         self._updates = 0
         self._prev_scale = 1.0
+        self._step_norm: float | None = None  # ‖Δθ‖ of the step the last update wrote out
 
     def step_out(self, model: ActorCritic) -> dict[torch.nn.Parameter, torch.Tensor]:
         """The encoder's step views for the optimizer (``step_out``); ``observe`` moves it on to
@@ -144,7 +145,8 @@ class LeapInputs:
             acc.observe_step(loss, model.encoder_flat, None, None)
         else:
             step = self._row(self.steps, u - 1) if self._measured(u) else None
-            acc.observe_step(loss, model.encoder_flat, step, self._row(self.grads, u - 1), self._prev_scale)
+            acc.observe_step(loss, model.encoder_flat, step, self._row(self.grads, u - 1), self._prev_scale,
+                             step_norm=self._step_norm if step is not None else None)
         # this update's step is Δθ at the next point: written out only if that one is measured
         optimizer.step_out = self._step_views[u % len(self._step_views)] if self._measured(u + 1) else {}
 
@@ -156,3 +158,9 @@ class LeapInputs:
         """The update's gradient was scaled by ``scale``; the next update writes the next rows."""
         self._prev_scale = scale
         self._updates += 1
+
+    def stepped(self) -> None:
+        """After the optimizer's step: ‖Δθ‖ of the step it wrote out, read now, while the
+        optimizer's last passes have left it in the cache (the next point is handed the norm)."""
+        written = self._measured(self._updates)
+        self._step_norm = float(torch.linalg.vector_norm(self._row(self.steps, self._updates - 1))) if written else None

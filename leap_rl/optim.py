@@ -45,7 +45,8 @@ class _RMSpropBase(torch.optim.Optimizer):
         """parameter → a tensor of its shape that each step() overwrites with the step it adds
         (the mapping may be replaced between steps: ``LeapInputs`` moves it along a ring)."""
 
-    def _denominator(self, square_avg: torch.Tensor, eps: float) -> torch.Tensor:
+    def _denominator(self, square_avg: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The step's denominator from v, in a new tensor or in ``out``."""
         raise NotImplementedError
 
     @torch.no_grad()
@@ -61,14 +62,16 @@ class _RMSpropBase(torch.optim.Optimizer):
                                                           memory_format=torch.preserve_format)
                 square_avg = state["square_avg"]
                 square_avg.mul_(alpha).addcmul_(p.grad, p.grad, value=1.0 - alpha)
-                denominator = self._denominator(square_avg, eps)
                 out = self.step_out.get(p)
                 if out is None:
-                    p.addcdiv_(p.grad, denominator, value=-lr)
+                    p.addcdiv_(p.grad, self._denominator(square_avg, eps), value=-lr)
                 else:
                     # addcdiv_ computes θ + (value·g)/d. Its own kernel on a zero θ gives the
                     # step (value·g)/d exactly (0 + x = x), and θ + step is then θ + (value·g)/d
-                    # as before: bit for bit the same θ, one pass over g and d more than fused.
+                    # as before: bit for bit the same θ. d is made in ``out`` and the step
+                    # overwrites it there, so the step costs no buffer of its own: ``out`` is
+                    # still in the cache when θ (and Leap, for ‖Δθ‖) read it.
+                    denominator = self._denominator(square_avg, eps, out)
                     torch.addcdiv(_ZERO, p.grad, denominator, value=-lr, out=out)
                     p.add_(out)
         return None
@@ -77,8 +80,8 @@ class _RMSpropBase(torch.optim.Optimizer):
 class RMSprop(_RMSpropBase):
     """PyTorch's form: v_0 = 0, θ −= lr · g / (sqrt(v) + eps); ``torch.optim.RMSprop``'s arithmetic."""
 
-    def _denominator(self, square_avg: torch.Tensor, eps: float) -> torch.Tensor:
-        return square_avg.sqrt().add_(eps)
+    def _denominator(self, square_avg: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sqrt(square_avg, out=out).add_(eps)
 
 
 class TFRMSprop(_RMSpropBase):
@@ -90,8 +93,8 @@ class TFRMSprop(_RMSpropBase):
                  eps: float = 1e-10, step_out: StepOut | None = None) -> None:
         super().__init__(params, lr, alpha, eps, step_out)
 
-    def _denominator(self, square_avg: torch.Tensor, eps: float) -> torch.Tensor:
-        return square_avg.add(eps).sqrt_()
+    def _denominator(self, square_avg: torch.Tensor, eps: float, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.add(square_avg, eps, out=out).sqrt_()
 
 
 def inner_optimizer(params: Iterable[torch.nn.Parameter], a2c: A2CConfig,

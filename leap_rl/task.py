@@ -100,6 +100,7 @@ def a2c_update(model: ActorCritic, optimizer: torch.optim.Optimizer, rollout: Ro
         before_step()
     inputs.clipped(clip_gradients(model, a2c.max_grad_norm))
     optimizer.step()
+    inputs.stepped()
     return loss
 
 

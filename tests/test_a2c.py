@@ -155,11 +155,11 @@ class RecordingAccumulator(PathAccumulator):
     """Records the raw g_{i−1} the loop hands Leap (the buffer divided by its clipping factor)
     and the norm of the buffer itself (what clipping left in it)."""
 
-    def observe_step(self, loss, params, step, prev_grad, prev_grad_scale=1.0):
+    def observe_step(self, loss, params, step, prev_grad, prev_grad_scale=1.0, step_norm=None):
         if prev_grad is not None:
             self.grad_norms.append(float(prev_grad.norm()) / prev_grad_scale)
             self.clipped_norms.append(float(prev_grad.norm()))
-        super().observe_step(loss, params, step, prev_grad, prev_grad_scale)
+        super().observe_step(loss, params, step, prev_grad, prev_grad_scale, step_norm)
 
 
 def test_leap_reads_the_raw_gradient_before_clipping():
@@ -202,14 +202,15 @@ class SnapshotAccumulator(PathAccumulator):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.points, self.buffers = [], set()
+        self.points, self.buffers, self.step_norms = [], set(), []
 
-    def observe_step(self, loss, params, step, prev_grad, prev_grad_scale=1.0):
+    def observe_step(self, loss, params, step, prev_grad, prev_grad_scale=1.0, step_norm=None):
         if prev_grad is not None:
             self.points[-1] = (*self.points[-1][:2], (prev_grad / prev_grad_scale).numpy().copy())
             self.buffers.add((params.data_ptr(), step.data_ptr(), prev_grad.data_ptr()))
+            self.step_norms.append((step_norm, float(torch.linalg.vector_norm(step))))
         self.points.append((loss, params.detach().numpy().copy(), None))
-        super().observe_step(loss, params, step, prev_grad, prev_grad_scale)
+        super().observe_step(loss, params, step, prev_grad, prev_grad_scale, step_norm)
 
 
 def run_with_snapshots(cfg, spec):
@@ -235,6 +236,8 @@ def test_loop_segments_match_the_naive_leap_reference_on_the_loops_own_buffers(m
     rows = 2 * DEFER_BLOCK
     assert len({b[0] for b in acc.buffers}) == 1 and len({b[2] for b in acc.buffers}) == rows
     assert len({b[1] for b in acc.buffers}) == (rows if metric == "length" else 1)
+    # ‖Δθ‖ is handed over, taken right after the optimizer's step: the norm of the step it wrote
+    assert all(given == read for given, read in acc.step_norms) and len(acc.step_norms) == 14
     acc.points[-1] = (*acc.points[-1][:2], np.zeros_like(acc.points[-1][1]))  # the last g is never used
     leap = cfg.leap
     want = torch.from_numpy(reference_H(acc.points, leap.metric, leap.loss, leap.stabilizer))

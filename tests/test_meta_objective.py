@@ -408,7 +408,7 @@ def test_loss_signal_is_the_f_leap_observes(signal):
         optimizer = inner_optimizer(model.parameters(), cfg.a2c, step_out=inputs.step_out(model))
         acc = PathAccumulator(model.encoder_flat.numel(), cfg.leap)
         observed = []
-        acc.observe_step = lambda f, *vectors, _o=observed: _o.append(f)  # record what Leap is given
+        acc.observe_step = lambda f, *vectors, _o=observed, **_: _o.append(f)  # record what Leap is given
         losses = [a2c_update(model, optimizer, _rollout(3, s), cfg.a2c, acc, inputs, leap_loss) for s in range(3)]
         seen[name] = observed
         seen[name + "_terms"] = [(l.total.item(), l.value.item()) for l in losses]
