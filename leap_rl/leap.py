@@ -134,7 +134,7 @@ class _DeferredSum:
 
     def __init__(self, target: torch.Tensor) -> None:
         self.target = target
-        self._run: tuple[torch.Tensor, int, int, list[float]] | None = None  # matrix, block, first row, coefs
+        self._run: tuple[torch.Tensor, int, list[float]] | None = None  # matrix, first row, coefs
 
     def add(self, vector: torch.Tensor, coef: float, where: tuple[torch.Tensor, int, int] | None) -> None:
         if where is None:
@@ -143,19 +143,19 @@ class _DeferredSum:
             return
         matrix, block, row = where
         run = self._run
-        if run is not None and (run[0] is not matrix or row != run[2] + len(run[3])):
+        if run is not None and (run[0] is not matrix or row != run[1] + len(run[2])):
             self.drain()
             run = None
         if run is None:
-            run = self._run = (matrix, block, row, [])
-        run[3].append(coef)
+            run = self._run = (matrix, row, [])
+        run[2].append(coef)
         if (row + 1) % block == 0:
             self.drain()
 
     def drain(self) -> None:
         if self._run is None:
             return
-        matrix, _block, first, coefs = self._run
+        matrix, first, coefs = self._run
         self._run = None
         if len(coefs) == 1:
             self.target.add_(matrix[first], alpha=coefs[0])

@@ -56,16 +56,16 @@ def clip_gradients(model: ActorCritic, max_norm: float) -> float:
 
 DEFER_BLOCK = 4
 """Gradients (and, under the length metric, steps) Leap adds in one matrix–vector product.
-Measured on this project's machines (BENCH.md round 4): with blocks of 4 the adds cost about
-0.6–0.75 axpy per vector instead of about 1; blocks of 2 and of 8 measured worse. Twice this
-many rows of each are kept, so that a block waits while the next is written."""
+In a profile of the update on this project's machines, blocks of 2 and of 8 were slower than
+4 (a one-off measurement, not a bench row). Twice this many rows of each are kept, so that a
+block waits while the next is written."""
 
 
 MEASURED_FIRST = 25
 """With ``leap.path_stats_every`` > 1, a task's first updates still measure every step: the
-first RMSProp steps are the largest by far (the very first about 30× a later one on the quick
-preset's Seaquest), so holding one of them over several updates overstates the path: by 23 %
-(n = 8) on that task without this window, 10 % with it (docs/BENCH.md round 4)."""
+first RMSProp steps are the largest (torch's form starts v at 0, so its first step is about
+10·lr·sign(g)), and holding one of them over several updates would overstate the path
+(docs/BENCH.md round 4 measures what is left of the error)."""
 
 
 class LeapInputs:
@@ -113,11 +113,6 @@ class LeapInputs:
     def grad(self) -> torch.Tensor:
         """The buffer this update's raw encoder gradient goes to."""
         return self._row(self.grads, self._updates)
-
-    @property
-    def step(self) -> torch.Tensor:
-        """The buffer this update's optimizer step goes to (Δθ_{i+1}, read at the next point)."""
-        return self._row(self.steps, self._updates)
 
     def bind(self, model: ActorCritic) -> None:
         """Before an update's zero_grad and backward: the encoder's ``.grad`` → ``self.grad``
