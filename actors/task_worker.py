@@ -92,7 +92,8 @@ class TaskWorker:
             check(answered, segment)
 
         def progress(row: dict) -> None:
-            self._beat({"version": spec.init_version, **row})
+            # the pid says which process to look at (top, py-spy) for a slow or stuck task
+            self._beat({"version": spec.init_version, "worker_pid": os.getpid(), **row})
 
         try:
             # a probe measures φ like for like: its segments must never reach the learner

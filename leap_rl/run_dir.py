@@ -109,7 +109,7 @@ class RunDir:
         step = row.get("version") if event == "meta_step" else row.get("env_steps")
         prefix = "meta" if event == "meta_step" else f"task/{row.get('game')}"
         for key, value in _flatten_numbers(row).items():
-            if key not in ("version", "env_steps"):
+            if key not in ("version", "env_steps", "worker_pid"):  # axes and labels, not curves
                 self._tb.add_scalar(f"{prefix}/{key}", value, step)
         self._tb.flush()
 

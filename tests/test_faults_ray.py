@@ -16,8 +16,8 @@ import torch
 from conftest import leap_rl
 from leap_rl.config import load
 from leap_rl.models import initial_encoder
-from test_runtime import (KILLABLE, LIMIT, LONGER, SEGMENT_EVERY, Background, all_rows, checkpoint_version,
-                          ok, phi_of, rows)
+from test_runtime import (KILLABLE, LIMIT, LONGER, SEGMENT_EVERY, Background, checkpoint_version,
+                          freeze_busy_workers, ok, phi_of, resume, rows)
 
 pytestmark = pytest.mark.slow
 
@@ -39,23 +39,9 @@ def session_pids(bg: Background, pattern: str) -> list[int]:
 
 
 def busy_workers(bg: Background, run_dir, workers: int, updates: int) -> list[int]:
-    """The TaskWorker pids once every worker runs a task of meta-step 2 past its first
-    accepted segment (KILLABLE), with 30 updates to go: then any of them will do."""
-    def ready():
-        rs = all_rows(run_dir)
-        if checkpoint_version(run_dir) != 1:
-            return None
-        done = {r["task_id"] for r in rows(run_dir, "task_done", rs)}
-        seen: dict[str, int] = {}
-        for r in rows(run_dir, "progress", rs):
-            if r.get("version") == 1:
-                seen[r["task_id"]] = max(seen.get(r["task_id"], 0), r["updates"])
-        running = [u for t, u in seen.items() if t not in done]
-        if len(running) == workers and all(SEGMENT_EVERY <= u <= updates - 30 for u in running):
-            pids = bg.task_worker_pids()
-            return pids if len(pids) == workers else None
-        return None
-    return bg.wait_until(f"{workers} tasks of meta-step 2 past their first segment", ready)
+    """The TaskWorker pids, stopped, once ``workers`` tasks of meta-step 2 are each past their
+    first accepted segment (KILLABLE) with 30 updates to go (see freeze_busy_workers)."""
+    return freeze_busy_workers(bg, run_dir, workers, updates, lambda rs: checkpoint_version(run_dir) == 1)
 
 
 def test_a_killed_learner_restarts_from_the_checkpoint_and_phi_matches_an_undisturbed_run(tmp_path, sequential_phi):
@@ -64,9 +50,10 @@ def test_a_killed_learner_restarts_from_the_checkpoint_and_phi_matches_an_undist
     run_dir = tmp_path / "learner"
     bg = Background(tmp_path / "out.txt", "train", "--preset", "ci", *LONGER, *KILLABLE, "--run-dir", str(run_dir))
     try:
-        busy_workers(bg, run_dir, workers=2, updates=100)
+        frozen = busy_workers(bg, run_dir, workers=2, updates=100)
         (learner,) = session_pids(bg, "ray::LearnerActor")
         os.kill(learner, signal.SIGKILL)
+        resume(frozen)
         bg.finish()
     finally:
         bg.kill()
@@ -89,8 +76,7 @@ def test_a_stuck_worker_is_treated_as_dead_after_the_stall_timeout(tmp_path, seq
                     "--set", "runtime.stall_timeout_s=45", "--run-dir", str(run_dir))
     stopped = None
     try:
-        stopped = busy_workers(bg, run_dir, workers=2, updates=100)[0]
-        os.kill(stopped, signal.SIGSTOP)
+        stopped = busy_workers(bg, run_dir, workers=1, updates=100)[0]  # stays stopped
         bg.finish()
     finally:
         bg.kill()

@@ -130,32 +130,59 @@ def updates_by_task(run_dir: Path) -> dict[str, int]:
     return out
 
 
-def kill_a_worker_after_its_first_segment(bg: Background, run_dir: Path, workers: int, updates: int,
-                                         before_meta_step: int) -> None:
-    """SIGKILL one TaskWorker process while its task holds accepted segments at the learner.
+def freeze_busy_workers(bg: Background, run_dir: Path, workers: int, updates: int, when=lambda rows: True) -> list[int]:
+    """SIGSTOP ``workers`` TaskWorker processes, each while its task holds accepted segments at
+    the learner, and return their pids, still stopped: the caller kills what it wants and
+    SIGCONTs the rest (``resume``).
 
-    Which worker runs which task is not visible from outside, so wait until every worker is
-    known to be busy with a task past its first segment (see KILLABLE): ``workers`` tasks with
-    progress rows and no task_done row, each between update SEGMENT_EVERY and ``updates`` - 30
-    (its last 30 updates are a margin for rows that the driver logs up to a second late), and
-    the learner before meta-step ``before_meta_step``. Then any worker will do."""
-    latest = updates - 30
+    A task counts once its latest progress row is between update SEGMENT_EVERY (its first
+    segment accepted, see KILLABLE) and ``updates`` - 30 (its last 30 updates are a margin for
+    rows that the driver logs up to a second late), while ``when(rows)`` holds; its worker is
+    the row's ``worker_pid``. Each worker is stopped as soon as its task counts, so a fast task
+    cannot finish while the test waits for a slow one: nothing depends on two tasks being in
+    that window at the same moment."""
+    latest, stopped = updates - 30, []
 
     def ready():
         rs = all_rows(run_dir)
+        if not when(rs):
+            return None
         done = {r["task_id"] for r in rows(run_dir, "task_done", rs)}
-        seen: dict[str, int] = {}
+        seen: dict[str, dict] = {}
         for r in rows(run_dir, "progress", rs):
-            seen[r["task_id"]] = max(seen.get(r["task_id"], 0), r["updates"])
-        running = [u for t, u in seen.items() if t not in done]
-        if (len(running) == workers and all(SEGMENT_EVERY <= u <= latest for u in running)
-                and len(rows(run_dir, "meta_step", rs)) < before_meta_step):
-            pids = bg.task_worker_pids()
-            return pids if len(pids) == workers else None
-        return None
+            if r["updates"] >= seen.get(r["task_id"], {"updates": -1})["updates"]:
+                seen[r["task_id"]] = r
+        for task, r in seen.items():
+            if (task not in done and SEGMENT_EVERY <= r["updates"] <= latest
+                    and r["worker_pid"] not in stopped and r["worker_pid"] in bg.task_worker_pids()):
+                os.kill(r["worker_pid"], signal.SIGSTOP)
+                stopped.append(r["worker_pid"])
+        return list(stopped) if len(stopped) >= workers else None
 
-    pids = bg.wait_until(f"{workers} tasks running between update {SEGMENT_EVERY} and {latest}", ready)
-    os.kill(pids[0], signal.SIGKILL)
+    try:
+        return bg.wait_until(f"{workers} tasks running between update {SEGMENT_EVERY} and {latest}", ready)
+    except BaseException:
+        resume(stopped)
+        raise
+
+
+def resume(pids: list[int]) -> None:
+    """SIGCONT the stopped workers that are still there."""
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
+
+
+def kill_a_worker_after_its_first_segment(bg: Background, run_dir: Path, workers: int, updates: int,
+                                         before_meta_step: int) -> None:
+    """SIGKILL one TaskWorker process while its task holds accepted segments at the learner,
+    before meta-step ``before_meta_step``; the other workers go on."""
+    frozen = freeze_busy_workers(bg, run_dir, workers, updates,
+                                 lambda rs: len(rows(run_dir, "meta_step", rs)) < before_meta_step)
+    os.kill(frozen[0], signal.SIGKILL)
+    resume(frozen[1:])
 
 
 def assert_the_killed_task_was_dropped_after_sending_segments(run_dir: Path) -> dict:
